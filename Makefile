@@ -1,0 +1,42 @@
+# bigrec: `make demo` runs the whole cycle on sample_data/, `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+BIGREC := $(BIN)/bigrec
+DEMO_DIR ?= .demo-project
+export BIGREC_CACHE_DIR ?= $(CURDIR)/.cache
+
+.PHONY: install demo test lint clean sample-data
+
+install: $(VENV)/.installed
+
+# Two steps: pip cannot resolve bert4keras (keras<=2.3.1) and tf-keras (full tensorflow) beside tensorflow-cpu,
+# and neither needs those declared dependencies, so both go in with --no-deps after the project.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps tf-keras==2.21.0 bert4keras==0.11.5
+	touch $@
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIGREC) preprocess --project-dir $(DEMO_DIR) --events sample_data/events.csv --items sample_data/items.csv
+	$(BIGREC) extract --project-dir $(DEMO_DIR)
+	$(BIGREC) train --project-dir $(DEMO_DIR) --epochs 20
+	$(BIGREC) evaluate --project-dir $(DEMO_DIR)
+	$(BIGREC) recommend --project-dir $(DEMO_DIR) --user u0007 --k 10
+	$(BIGREC) ingest-feedback --project-dir $(DEMO_DIR) sample_data/feedback_demo.csv
+	$(BIGREC) recommend --project-dir $(DEMO_DIR) --user u0007 --k 10
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check bigrec_cli tests bench
+
+sample-data:
+	$(PYTHON) sample_data/generate.py
+
+clean:
+	rm -rf $(DEMO_DIR) .cache .pytest_cache

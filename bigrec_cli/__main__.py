@@ -1,0 +1,3 @@
+from bigrec_cli.cli import app
+
+app(prog_name="bigrec")

@@ -1,0 +1,67 @@
+"""Training configuration: one frozen dataclass, saved with every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from bigrec_cli.errors import ConfigError
+
+LOSSES = ("bce", "gbce")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the BERT → LSTM → sigmoid model.
+
+    Args:
+        epochs: Maximum passes over the training sequences.
+        batch_size: Sequences per step.
+        learning_rate: Adam's step size.
+        max_len: Behaviour items the LSTM reads (older ones are dropped; shorter histories are padded).
+        lstm_units: LSTM state size.
+        dim: Size of the item and user vectors the sigmoid head compares.
+        negatives: Sampled negative items per positive (per position).
+        seed: Seeds numpy, Python and TensorFlow; same data + same seed gives the same metrics on CPU.
+        patience: Epochs without a better validation NDCG@10 before stopping.
+        id_embedding: Add a learned per-item vector to the projected BERT vector (cold items use text alone).
+        fine_tune_bert: Put the BERT encoder in the graph and train it end to end (small catalogs).
+        loss: `bce`, or `gbce` (generalised BCE, which calibrates the positive term for sampled negatives).
+        gbce_t: gBCE calibration in [0, 1]; 0 is plain BCE.
+        dropout: Dropout on the item vectors the LSTM reads.
+    """
+
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    max_len: int = 100
+    lstm_units: int = 128
+    dim: int = 64
+    negatives: int = 16
+    seed: int = 0
+    patience: int = 5
+    id_embedding: bool = True
+    fine_tune_bert: bool = False
+    loss: str = "bce"
+    gbce_t: float = 0.75
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", hint=f"pass --{name.replace('_', '-')} 1 or more")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate {self.learning_rate} is outside (0, 1)", hint="try 1e-3")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
+        if not 0 <= self.gbce_t <= 1 or not 0 <= self.dropout < 1:
+            raise ConfigError("gbce_t must be in [0, 1] and dropout in [0, 1)", hint="check --gbce-t and --dropout")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build a config from a saved dict, ignoring keys this version does not know."""
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})

@@ -1,0 +1,363 @@
+"""Reading, validating and splitting behaviour data. pandas and numpy only, never TensorFlow."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bigrec_cli.errors import DataError
+from bigrec_cli.project import ProjectDir, atomic_temporary, atomic_write_json, commit_temporary, read_json
+
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
+OPTIONAL_EVENT_COLUMNS = ("event", "rating", "weight")
+SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
+MOVIELENS_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+MAX_SHOWN = 5
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, int]:
+    """Read a CSV, JSON lines or Parquet file with every column as text where the format allows.
+
+    Args:
+        path: The file; its suffix picks the format (`.csv`, `.tsv`, `.jsonl`/`.json`/`.ndjson`, `.parquet`).
+
+    Returns:
+        The frame and the offset that turns a row index into the file's line number (2 for CSV, 1 for JSON lines,
+        0 for Parquet where rows have no line).
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv", ".txt"):
+            separator = "\t" if suffix == ".tsv" else ","
+            frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8")
+            return frame, 2
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+            return frame, 1
+        if suffix == ".parquet":
+            return pd.read_parquet(path), 0
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist", hint="check the path") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}", hint="re-save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty", hint="give a file with a header row and at least one row") from None
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path} cannot be read as {suffix[1:]}: {first}", hint="check the file's format") from None
+    raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    """Raise DataError naming the missing columns and the ones that exist."""
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        delimiter = " (is the delimiter a comma?)" if len(frame.columns) == 1 else ""
+        raise DataError(
+            f"{path} has no column {', '.join(repr(name) for name in missing)}{delimiter}",
+            hint=f"columns found: {found}; required: {', '.join(columns)}",
+        )
+
+
+def parse_timestamps(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Parse Unix seconds or ISO-8601 text into float seconds since the epoch.
+
+    Returns:
+        The seconds (NaN where unparseable) and a boolean mask of the rows that failed.
+    """
+    text = values.astype(str).str.strip()
+    numeric = np.array(pd.to_numeric(text, errors="coerce"), dtype="float64", copy=True)
+    needs_date = np.isnan(numeric) & (text != "").to_numpy()
+    if needs_date.any():
+        parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="ISO8601")
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
+        numeric[needs_date] = seconds
+    bad = ~np.isfinite(numeric) | (numeric < 0)
+    return numeric, bad
+
+
+def parse_timestamp_value(value: str) -> float | None:
+    """Parse one Unix-seconds or ISO-8601 value; None when it is neither, negative or not finite."""
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        seconds = parsed.timestamp()
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _rows(indices: np.ndarray, offset: int) -> str:
+    shown = ", ".join(str(int(index) + offset) for index in indices[:MAX_SHOWN])
+    more = f" and {len(indices) - MAX_SHOWN} more" if len(indices) > MAX_SHOWN else ""
+    return f"{'line' if offset else 'row'} {shown}{more}"
+
+
+def clean_events(frame: pd.DataFrame, path: Path, offset: int) -> pd.DataFrame:
+    """Validate an events frame and return it with typed columns `user_id, item_id, timestamp, event, weight`."""
+    require_columns(frame, REQUIRED_EVENT_COLUMNS, path)
+    if frame.empty:
+        raise DataError(f"{path} has a header but no events", hint="give at least one event row")
+    events = pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype(str).str.strip(),
+            "item_id": frame["item_id"].astype(str).str.strip(),
+        }
+    )
+    for column in ("user_id", "item_id"):
+        empty = np.flatnonzero((events[column] == "") | (events[column].str.lower() == "nan"))
+        if len(empty):
+            raise DataError(f"{path}: empty {column} at {_rows(empty, offset)}", hint=f"every event needs a {column}")
+    seconds, bad = parse_timestamps(frame["timestamp"])
+    if bad.any():
+        example = frame["timestamp"].astype(str).iloc[int(np.flatnonzero(bad)[0])]
+        raise DataError(
+            f"{path}: unparseable timestamp {example!r} at {_rows(np.flatnonzero(bad), offset)}",
+            hint="use Unix seconds or ISO-8601 such as 2024-05-01T12:00:00Z",
+        )
+    events["timestamp"] = seconds
+    events["event"] = frame["event"].astype(str).str.strip() if "event" in frame.columns else "interaction"
+    weight = np.ones(len(frame))
+    for column in ("weight", "rating"):
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column].astype(str).str.strip(), errors="coerce").to_numpy(dtype="float64")
+            bad_values = ~np.isfinite(values)
+            if bad_values.any():
+                raise DataError(
+                    f"{path}: {column} is not a finite number at {_rows(np.flatnonzero(bad_values), offset)}",
+                    hint=f"write {column} as a number or leave the column out",
+                )
+            if column == "weight":
+                weight = values
+            elif "weight" not in frame.columns:
+                events["rating"] = values
+    events["weight"] = weight
+    return events
+
+
+def clean_items(frame: pd.DataFrame, path: Path, offset: int, text_columns: list[str] | None,
+                title_column: str | None) -> tuple[pd.DataFrame, list[str], str]:  # fmt: skip
+    """Validate an items frame and return `item_id, title, text` plus the columns used for each."""
+    require_columns(frame, ("item_id",), path)
+    if frame.empty:
+        raise DataError(f"{path} has a header but no items", hint="give at least one item row")
+    if text_columns:
+        require_columns(frame, tuple(text_columns), path)
+    else:
+        preferred = [name for name in ("title", "description", "text") if name in frame.columns]
+        text_columns = preferred or [name for name in frame.columns if name != "item_id"]
+        if not text_columns:
+            raise DataError(f"{path} has no text column", hint="add a title or description column, or --text-columns")
+    if title_column is None:
+        title_column = "title" if "title" in frame.columns else text_columns[0]
+    require_columns(frame, (title_column,), path)
+    item_ids = frame["item_id"].astype(str).str.strip()
+    empty = np.flatnonzero(item_ids == "")
+    if len(empty):
+        raise DataError(f"{path}: empty item_id at {_rows(empty, offset)}", hint="every item needs an item_id")
+    duplicated = np.flatnonzero(item_ids.duplicated().to_numpy())
+    if len(duplicated):
+        raise DataError(
+            f"{path}: item_id {item_ids.iloc[int(duplicated[0])]!r} repeats at {_rows(duplicated, offset)}",
+            hint="give each item one row",
+        )
+    parts = [frame[name].fillna("").astype(str).str.strip() for name in text_columns]
+    text = parts[0]
+    for part in parts[1:]:
+        text = text.str.cat(part, sep=" | ").str.strip(" |")
+    items = pd.DataFrame({"item_id": item_ids, "title": frame[title_column].fillna("").astype(str), "text": text})
+    return items, text_columns, title_column
+
+
+def read_movielens_100k(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the unzipped MovieLens 100K folder (`u.data`, `u.item` in latin-1) as events and items frames."""
+    data_path, item_path = source / "u.data", source / "u.item"
+    for path in (data_path, item_path):
+        if not path.exists():
+            raise DataError(
+                f"{path} does not exist",
+                hint="pass the unzipped ml-100k folder from files.grouplens.org/datasets/movielens/ml-100k.zip",
+            )
+    ratings = pd.read_csv(data_path, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"],
+                          dtype=str)  # fmt: skip
+    raw_items = pd.read_csv(item_path, sep="|", header=None, encoding="latin-1", dtype=str, keep_default_na=False)
+    if raw_items.shape[1] != 5 + len(MOVIELENS_GENRES):
+        raise DataError(f"{item_path} has {raw_items.shape[1]} fields, expected 24", hint="use the original u.item")
+    flags = raw_items.iloc[:, 5:].to_numpy() == "1"
+    genres = [", ".join(name for name, on in zip(MOVIELENS_GENRES, row) if on) for row in flags]
+    release = raw_items[2].str.slice(-4)
+    items = pd.DataFrame(
+        {
+            "item_id": raw_items[0],
+            "title": raw_items[1],
+            "description": [f"{year}. Genres: {names}" if year else f"Genres: {names}"
+                            for year, names in zip(release, genres)],  # fmt: skip
+        }
+    )
+    return ratings, items
+
+
+@dataclass(frozen=True)
+class PreprocessSummary:
+    """What `preprocess` wrote."""
+
+    num_events: int
+    num_users: int
+    num_items: int
+    num_duplicates: int
+    num_train: int
+    num_valid: int
+    num_test: int
+    fingerprint: str
+
+
+def split_by_time(events: pd.DataFrame) -> np.ndarray:
+    """Label each event train/valid/test: per user by time, last = test, second-to-last = valid.
+
+    Users with fewer than three events keep all of theirs in train. `events` must be sorted by user, then time.
+    """
+    position_from_end = events.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+    user_sizes = events.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    split = np.full(len(events), SPLIT_TRAIN, dtype=object)
+    eligible = user_sizes >= 3
+    split[eligible & (position_from_end == 0)] = SPLIT_TEST
+    split[eligible & (position_from_end == 1)] = SPLIT_VALID
+    return split
+
+
+def order_and_deduplicate(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Sort events by user and time and keep one row per (user, item): the latest.
+
+    Returns:
+        The cleaned frame and how many rows were dropped as duplicates.
+    """
+    events = events.assign(_order=np.arange(len(events)))
+    events = events.sort_values(["user_id", "timestamp", "_order"], kind="stable")
+    kept = events.drop_duplicates(["user_id", "item_id"], keep="last")
+    return kept.drop(columns="_order").reset_index(drop=True), len(events) - len(kept)
+
+
+def fingerprint_frames(*frames: pd.DataFrame) -> str:
+    """Return a SHA-256 over the frames' contents, stable across runs."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        digest.update(hashed.tobytes())
+        digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write a Parquet file atomically."""
+    temporary = atomic_temporary(path)
+    try:
+        frame.to_parquet(temporary, index=False)
+        commit_temporary(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def preprocess(project: ProjectDir, *, events_path: Path | None = None, items_path: Path | None = None,
+               movielens_source: Path | None = None, text_columns: list[str] | None = None,
+               title_column: str | None = None, drop_unknown_items: bool = False) -> PreprocessSummary:  # fmt: skip
+    """Validate raw events and items, split them by time and write them under the project directory.
+
+    Args:
+        project: Where to write `data/`.
+        events_path: Events file (CSV, JSON lines or Parquet) with user_id, item_id, timestamp.
+        items_path: Items file with item_id and text columns.
+        movielens_source: An unzipped MovieLens 100K folder, instead of the two files.
+        text_columns: Item columns joined to form the text BERT reads.
+        title_column: Item column shown as the title.
+        drop_unknown_items: Drop events whose item has no catalog entry instead of failing.
+
+    Returns:
+        Counts of what was written.
+    """
+    if movielens_source is not None:
+        raw_events, raw_items = read_movielens_100k(movielens_source)
+        events_path, items_path = movielens_source / "u.data", movielens_source / "u.item"
+        event_offset = item_offset = 1
+    elif events_path is not None and items_path is not None:
+        raw_events, event_offset = read_table(events_path)
+        raw_items, item_offset = read_table(items_path)
+    else:
+        raise DataError("no input given", hint="pass --events FILE --items FILE, or --format movielens-100k --source DIR")
+    items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
+    events = clean_events(raw_events, events_path, event_offset)
+    known = events["item_id"].isin(set(items["item_id"])).to_numpy()
+    if not known.all():
+        unknown_rows = np.flatnonzero(~known)
+        if not drop_unknown_items:
+            example = events["item_id"].iloc[int(unknown_rows[0])]
+            raise DataError(
+                f"{events_path}: item_id {example!r} has no entry in {items_path} at {_rows(unknown_rows, event_offset)}",
+                hint="add the items to the items file, or pass --drop-unknown-items",
+            )
+        events = events[known]
+        if events.empty:
+            raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
+    events, num_duplicates = order_and_deduplicate(events)
+    events["split"] = split_by_time(events)
+    item_index = {item_id: index + 1 for index, item_id in enumerate(items["item_id"])}
+    items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
+    events["item_index"] = events["item_id"].map(item_index).astype("int64")
+    fingerprint = fingerprint_frames(events, items)
+    write_parquet(events, project.events_path)
+    write_parquet(items, project.items_path)
+    counts = events["split"].value_counts()
+    summary = PreprocessSummary(
+        num_events=len(events),
+        num_users=int(events["user_id"].nunique()),
+        num_items=len(items),
+        num_duplicates=num_duplicates,
+        num_train=int(counts.get(SPLIT_TRAIN, 0)),
+        num_valid=int(counts.get(SPLIT_VALID, 0)),
+        num_test=int(counts.get(SPLIT_TEST, 0)),
+        fingerprint=fingerprint,
+    )
+    atomic_write_json(
+        project.data_meta_path,
+        {
+            **summary.__dict__,
+            "events_source": str(events_path),
+            "items_source": str(items_path),
+            "text_columns": used_text_columns,
+            "title_column": used_title,
+            "split": "per user by time: last event = test, second-to-last = valid, rest = train",
+        },
+    )
+    return summary
+
+
+def load_events(project: ProjectDir) -> pd.DataFrame:
+    """Read the preprocessed events (sorted by user, then time)."""
+    project.require_data()
+    return pd.read_parquet(project.events_path)
+
+
+def load_items(project: ProjectDir) -> pd.DataFrame:
+    """Read the preprocessed catalog (`item_id`, `title`, `text`, `item_index`)."""
+    project.require_data()
+    return pd.read_parquet(project.items_path)
+
+
+def load_data_meta(project: ProjectDir) -> dict:
+    """Read `data.json` written by `preprocess`."""
+    project.require_data()
+    return read_json(project.data_meta_path)

@@ -1,0 +1,102 @@
+"""`bigrec evaluate`: full-ranking test metrics of the promoted run beside Pop, ItemKNN and EASE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bigrec_cli import data as data_module
+from bigrec_cli.baselines import interaction_matrix, make_baselines
+from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.errors import DataError
+from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
+from bigrec_cli.project import ProjectDir, atomic_write_json
+from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
+from bigrec_cli.recommend import load_run, load_scorer
+from bigrec_cli.scoring import Scorer
+
+EVALUATIONS_DIR = "evaluations"
+
+
+def sampled_classification(scorer: Scorer, cases: HoldoutCases, max_len: int, num_negatives: int, seed: int
+                           ) -> dict[str, float]:  # fmt: skip
+    """AUC and log loss of the sigmoid: each held-out positive against `num_negatives` items the user never saw."""
+    rng = np.random.default_rng(seed)
+    labels, probabilities = [], []
+    num_items = scorer.num_items
+    for start in range(0, len(cases.user_ids), 512):
+        histories = cases.histories[start : start + 512]
+        probs = scorer.probabilities(left_pad(histories, max_len))
+        for row, history in enumerate(histories):
+            target = cases.targets[start + row] - 1
+            forbidden = set((history - 1).tolist()) | {int(target)}
+            negatives = [column for column in rng.integers(0, num_items, size=num_negatives * 2) if column not in forbidden]
+            negatives = negatives[:num_negatives]
+            labels.extend([1] + [0] * len(negatives))
+            probabilities.extend([probs[row, target], *probs[row, negatives]])
+    labels_array, probability_array = np.array(labels), np.array(probabilities)
+    return {"auc": roc_auc(labels_array, probability_array), "log_loss": log_loss(labels_array, probability_array)}
+
+
+def baseline_reports(events, cases: HoldoutCases, num_items: int, cutoffs: tuple[int, ...], ease_l2: float
+                     ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Fit each baseline on the history splits and rank the same targets under the same protocol."""
+    history = events[events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))]
+    users = sorted(set(history["user_id"]) | set(cases.user_ids))
+    row_of = {user: row for row, user in enumerate(users)}
+    matrix = interaction_matrix(history["user_id"].map(row_of).to_numpy(), history["index"].to_numpy() - 1,
+                                len(users), num_items)  # fmt: skip
+    case_rows = np.array([row_of[user] for user in cases.user_ids])
+    reports = {}
+    for name, baseline in make_baselines(ease_l2=ease_l2).items():
+        baseline.fit(matrix)
+        ranks = []
+        for start in range(0, len(case_rows), 1024):
+            rows = case_rows[start : start + 1024]
+            scores = baseline.score(matrix[rows])
+            excluded = [history_items - 1 for history_items in cases.histories[start : start + 1024]]
+            ranks.append(ranks_of_targets(scores, cases.targets[start : start + 1024] - 1, excluded))
+        reports[name] = ranking_report(np.concatenate(ranks), cutoffs)
+    return reports
+
+
+def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple[int, ...] = CUTOFFS,
+             num_negatives: int = 100, seed: int = 0, ease_l2: float = 100.0, baselines: bool = True) -> dict:  # fmt: skip
+    """Evaluate a run (the promoted one by default) on the test split and save the report.
+
+    Args:
+        project: The project directory.
+        run_dir: A run other than the promoted one.
+        cutoffs: The K of HR@K, NDCG@K and MRR@K.
+        num_negatives: Sampled negatives per positive for AUC and log loss.
+        seed: Seed of that sampling.
+        ease_l2: EASE's λ.
+        baselines: Also compute Pop, ItemKNN and EASE.
+
+    Returns:
+        `{"run_id", "num_users", "ndcg@10", …, "auc", "log_loss", "baselines": {"pop": {…}, …}, "protocol"}`.
+    """
+    started = time.perf_counter()
+    run = load_run(run_dir or project.current_run_dir())
+    scorer = load_scorer(run)
+    max_len = int(run.config["max_len"])
+    events = indexed_events(data_module.load_events(project), run.item_ids)
+    cases = holdout_cases(events, SPLIT_TEST)
+    if not cases.user_ids:
+        raise DataError("the test split is empty", hint="users need at least 3 events to be held out")
+    report: dict = {"run_id": run.run_id, "num_users": len(cases.user_ids), "num_items": scorer.num_items}
+    report.update(ranking_report(scorer_ranks(scorer, cases, max_len), cutoffs))
+    report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
+    if baselines:
+        report["baselines"] = baseline_reports(events, cases, scorer.num_items, cutoffs, ease_l2)
+    report["protocol"] = {
+        "split": PROTOCOL,
+        "cutoffs": list(cutoffs),
+        "auc_log_loss": f"each test positive vs {num_negatives} sampled unseen items (seed {seed})",
+        "baselines": f"fit on train + validation events; EASE lambda = {ease_l2}; ItemKNN cosine, 100 neighbours",
+    }
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(project.root / EVALUATIONS_DIR / f"{run.run_id}.json", report)
+    return report

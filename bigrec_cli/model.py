@@ -1,0 +1,197 @@
+"""The shared Keras core: BERT item vectors → LSTM over the user's sequence → Dense(1) → sigmoid.
+
+Item vectors come from one table (frozen BERT features) or from the BERT encoder inside the graph
+(`fine_tune_bert`); either way a batch looks its items up by index, never copying a window per target.
+Every position of every sequence is a training example: the next item is the positive, sampled items
+are the negatives, and the loss is binary cross-entropy on the sigmoid of the head's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bigrec_cli.backend import keras, tf
+from bigrec_cli.config import TrainConfig
+from bigrec_cli.scoring import SCORER_ARRAYS
+
+
+class ItemTable(keras.layers.Layer):
+    """Item vectors: a projection of each item's BERT vector, plus an optional learned ID vector.
+
+    Args:
+        text_vectors: (num_items + 1, text_dim) BERT vectors; row 0 is padding.
+        dim: Output size.
+        id_embedding: Learn a per-item vector added to the projected text vector.
+        bert: A bert4keras model to run inside the graph instead of the frozen table.
+        token_table: (num_items + 1, length) token ids of each item, required with `bert`.
+    """
+
+    def __init__(self, text_vectors: np.ndarray, dim: int, id_embedding: bool = True, bert=None,
+                 token_table: np.ndarray | None = None, **kwargs) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.num_rows, self.text_dim = text_vectors.shape
+        self.text_table = self.add_weight(
+            name="text_vectors", shape=text_vectors.shape, trainable=False,
+            initializer=keras.initializers.Constant(text_vectors.astype("float32")),
+        )  # fmt: skip
+        self.projection = keras.layers.Dense(dim, name="projection")
+        self.id_embedding = self.add_weight(name="id_embedding", shape=(self.num_rows, dim), trainable=id_embedding,
+                                            initializer="zeros")  # fmt: skip
+        self.item_bias = self.add_weight(name="item_bias", shape=(self.num_rows,), initializer="zeros")
+        self.bert = bert
+        self.token_table = None if token_table is None else tf.constant(token_table, dtype=tf.int32)
+
+    def text_vectors(self, indices: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        """Return BERT vectors for item indices of any shape, running BERT once per distinct item."""
+        if self.bert is None:
+            return tf.gather(self.text_table, indices)
+        flat = tf.reshape(indices, [-1])
+        unique, position = tf.unique(flat)
+        token_ids = tf.gather(self.token_table, unique)
+        hidden = self.bert([token_ids, tf.zeros_like(token_ids)], training=training)
+        mask = tf.cast(tf.not_equal(token_ids, 0), hidden.dtype)[:, :, None]
+        pooled = tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return tf.reshape(tf.gather(pooled, position), tf.concat([tf.shape(indices), [self.text_dim]], axis=0))
+
+    def call(self, indices: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        return self.projection(self.text_vectors(indices, training)) + tf.gather(self.id_embedding, indices)
+
+
+class SequenceRecommender(keras.Model):
+    """Reads a behaviour sequence with an LSTM and scores candidate items with a sigmoid head.
+
+    The head is Dense(1) over the element-wise product of the user vector and the candidate's item vector, plus
+    an item bias; so scoring the whole catalog for one user is one LSTM pass and one matrix product.
+    """
+
+    def __init__(self, config: TrainConfig, item_table: ItemTable, num_sampled_items: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.items = item_table
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.lstm = keras.layers.LSTM(config.lstm_units, return_sequences=True, name="lstm")
+        self.user_projection = keras.layers.Dense(config.dim, name="user_projection")
+        self.head = keras.layers.Dense(1, kernel_initializer="ones", name="head")  # starts as a plain dot product
+        self.positive_weight = positive_weight(config, num_sampled_items)
+
+    def states(self, sequences: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        """Return (batch, length, dim) user vectors after each position of left-padded sequences."""
+        vectors = self.dropout(self.items(sequences, training=training), training=training)
+        hidden = self.lstm(vectors, mask=tf.not_equal(sequences, 0), training=training)
+        return self.user_projection(hidden)
+
+    def candidate_logits(self, states: "tf.Tensor", candidates: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        """Return logits of (batch, length, num_candidates) candidate items at each position."""
+        vectors = self.items(candidates, training=training)
+        logits = tf.squeeze(self.head(states[:, :, None, :] * vectors), axis=-1)
+        return logits + tf.gather(self.items.item_bias, candidates)
+
+    def call(self, inputs, training: bool = False):
+        sequences, candidates = inputs
+        return self.candidate_logits(self.states(sequences, training), candidates, training)
+
+    def train_step(self, data):
+        sequences, targets, negatives = data["sequences"], data["targets"], data["negatives"]
+        with tf.GradientTape() as tape:
+            candidates = tf.concat([targets[:, :, None], negatives], axis=-1)
+            logits = self((sequences, candidates), training=True)
+            loss = sampled_bce(logits, targets, negatives, self.positive_weight)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss": loss}
+
+    def catalog_logits(self, sequences: np.ndarray) -> np.ndarray:
+        """Keras reference of the scorer: (num_users, num_items) logits for items 1…N from the last position."""
+        states = self.states(tf.constant(sequences), training=False)[:, -1]
+        indices = tf.range(1, self.items.num_rows)
+        vectors = self.items(indices[None, :])[0]
+        logits = tf.squeeze(self.head(states[:, None, :] * vectors[None, :, :]), axis=-1)
+        return (logits + tf.gather(self.items.item_bias, indices)[None, :]).numpy()
+
+
+def positive_weight(config: TrainConfig, num_items: int) -> float:
+    """Return β, the weight of the positive term: 1 for BCE, gSASRec's calibrated value for gBCE.
+
+    gBCE (Petrov & Macdonald, 2023): β = α (t (1 − 1/α) + 1/α) with α = negatives / (num_items − 1).
+    """
+    if config.loss != "gbce":
+        return 1.0
+    alpha = min(config.negatives / max(num_items - 1, 1), 1.0)
+    return float(alpha * (config.gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha))
+
+
+def sampled_bce(logits: "tf.Tensor", targets: "tf.Tensor", negatives: "tf.Tensor", beta: float) -> "tf.Tensor":
+    """Binary cross-entropy of the sigmoid over positions with a target; negatives equal to it are ignored."""
+    valid = tf.cast(tf.not_equal(targets, 0), logits.dtype)
+    negative_valid = tf.cast(tf.not_equal(negatives, targets[:, :, None]), logits.dtype) * valid[:, :, None]
+    positive_loss = beta * tf.nn.softplus(-logits[:, :, 0])
+    negative_loss = tf.reduce_sum(tf.nn.softplus(logits[:, :, 1:]) * negative_valid, axis=-1)
+    return tf.reduce_sum((positive_loss + negative_loss) * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+
+
+def build_model(config: TrainConfig, text_vectors: np.ndarray, bert=None, token_table: np.ndarray | None = None
+                ) -> SequenceRecommender:  # fmt: skip
+    """Build and compile the model for a catalog.
+
+    Args:
+        config: Hyper-parameters.
+        text_vectors: (num_items + 1, text_dim) frozen BERT vectors, row 0 padding.
+        bert: With `config.fine_tune_bert`, the bert4keras encoder to train end to end.
+        token_table: With `bert`, the token ids of every item.
+
+    Returns:
+        A compiled SequenceRecommender whose weights exist.
+    """
+    table = ItemTable(text_vectors, config.dim, id_embedding=config.id_embedding, bert=bert, token_table=token_table,
+                      name="items")  # fmt: skip
+    model = SequenceRecommender(config, table, num_sampled_items=text_vectors.shape[0] - 1)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
+    dummy = np.zeros((1, 2), dtype="int64")
+    model((dummy, dummy[:, :, None]))
+    return model
+
+
+def export_scorer_arrays(model: SequenceRecommender, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Return the weights the numpy scorer needs; with a fine-tuned BERT, its item vectors are recomputed."""
+    items = model.items
+    if items.bert is None:
+        text_vectors = items.text_table.numpy()
+    else:
+        parts = [items.text_vectors(tf.range(start, min(start + batch_size, items.num_rows))).numpy()
+                 for start in range(0, items.num_rows, batch_size)]  # fmt: skip
+        text_vectors = np.concatenate(parts)
+        text_vectors[0] = 0.0
+    kernel, recurrent_kernel, bias = model.lstm.cell.get_weights()
+    arrays = {
+        "text_vectors": text_vectors,
+        "projection_kernel": items.projection.kernel.numpy(),
+        "projection_bias": items.projection.bias.numpy(),
+        "id_embedding": items.id_embedding.numpy(),
+        "item_bias": items.item_bias.numpy(),
+        "lstm_kernel": kernel,
+        "lstm_recurrent_kernel": recurrent_kernel,
+        "lstm_bias": bias,
+        "user_kernel": model.user_projection.kernel.numpy(),
+        "user_bias": model.user_projection.bias.numpy(),
+        "head_kernel": model.head.kernel.numpy(),
+        "head_bias": model.head.bias.numpy(),
+    }
+    assert set(arrays) == set(SCORER_ARRAYS)
+    return arrays
+
+
+def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
+    """Make items without training interactions use their text alone: zero ID vector, median item bias.
+
+    Their learned parameters only ever saw them as sampled negatives, which says nothing about them.
+    """
+    if not cold.any():
+        return
+    id_embedding = model.items.id_embedding.numpy()
+    id_embedding[cold] = 0.0
+    model.items.id_embedding.assign(id_embedding)
+    bias = model.items.item_bias.numpy()
+    warm = ~cold
+    warm[0] = False
+    bias[cold] = np.median(bias[warm]) if warm.any() else 0.0
+    model.items.item_bias.assign(bias)

@@ -1,0 +1,229 @@
+"""The project directory: every path bigrec writes, atomic writes, runs and the `current` pointer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bigrec_cli.errors import ArtifactError, NotTrainedError
+
+DATA_DIR = "data"
+EVENTS_FILE = "events.parquet"
+ITEMS_FILE = "items.parquet"
+SPLIT_FILE = "split.parquet"
+DATA_META_FILE = "data.json"
+FEATURES_DIR = "features"
+ITEM_VECTORS_FILE = "item_vectors.npz"
+FEATURES_META_FILE = "features.json"
+VECTOR_CACHE_DIR = "cache"
+RUNS_DIR = "runs"
+CURRENT_FILE = "current"
+FEEDBACK_DB = "feedback.sqlite3"
+REJECTS_FILE = "feedback.rejects.jsonl"
+
+RUN_CONFIG = "config.json"
+RUN_WEIGHTS = "model.weights.h5"
+RUN_SCORER = "scorer.npz"
+RUN_ITEM_VOCAB = "item_vocab.json"
+RUN_METRICS = "metrics.json"
+RUN_HISTORY = "history.json"
+RUN_MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write `value` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def atomic_temporary(path: Path) -> Path:
+    """Return a fresh temporary path beside `path`, for writers that need a file name (Parquet, HDF5)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def commit_temporary(temporary: Path, path: Path) -> None:
+    """Move a finished temporary file over `path` in one step."""
+    with open(temporary, "rb") as stream:
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON artifact, turning a missing or damaged file into an ArtifactError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing", hint="rerun the step that writes it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is damaged: {error}", hint="rerun the step that writes it") from None
+
+
+def file_sha256(path: Path) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class ProjectDir:
+    """Every path inside one project directory.
+
+    Args:
+        root: The directory given by `--project-dir` or `BIGREC_PROJECT_DIR`.
+    """
+
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / DATA_DIR
+
+    @property
+    def events_path(self) -> Path:
+        return self.data_dir / EVENTS_FILE
+
+    @property
+    def items_path(self) -> Path:
+        return self.data_dir / ITEMS_FILE
+
+    @property
+    def split_path(self) -> Path:
+        return self.data_dir / SPLIT_FILE
+
+    @property
+    def data_meta_path(self) -> Path:
+        return self.data_dir / DATA_META_FILE
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / FEATURES_DIR
+
+    @property
+    def item_vectors_path(self) -> Path:
+        return self.features_dir / ITEM_VECTORS_FILE
+
+    @property
+    def features_meta_path(self) -> Path:
+        return self.features_dir / FEATURES_META_FILE
+
+    @property
+    def vector_cache_dir(self) -> Path:
+        return self.features_dir / VECTOR_CACHE_DIR
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / RUNS_DIR
+
+    @property
+    def current_path(self) -> Path:
+        return self.root / CURRENT_FILE
+
+    @property
+    def feedback_db(self) -> Path:
+        return self.root / FEEDBACK_DB
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.root / REJECTS_FILE
+
+    def require_data(self) -> None:
+        """Raise NotTrainedError unless `preprocess` has written the data."""
+        if not self.data_meta_path.exists():
+            raise NotTrainedError(f"no preprocessed data in {self.root}", hint="run `bigrec preprocess` first")
+
+    def require_features(self) -> None:
+        """Raise NotTrainedError unless `extract` has written item vectors."""
+        self.require_data()
+        if not self.features_meta_path.exists():
+            raise NotTrainedError(f"no item vectors in {self.root}", hint="run `bigrec extract` first")
+
+    def new_run_id(self) -> str:
+        """Return a sortable, unique run id: UTC time plus a random suffix."""
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+    def staging_run_dir(self, run_id: str) -> Path:
+        """Return the hidden directory a run is written into before it is complete."""
+        return self.runs_dir / f".incomplete-{run_id}"
+
+    def run_dir(self, run_id: str) -> Path:
+        """Return the directory of a completed run, refusing ids that would leave `runs/`."""
+        if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+            raise ArtifactError(f"{run_id!r} is not a run id", hint="use an id from `runs/`")
+        return self.runs_dir / run_id
+
+    def current_run_id(self) -> str | None:
+        """Return the promoted run id, or None when no run has completed."""
+        try:
+            run_id = self.current_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return run_id or None
+
+    def current_run_dir(self) -> Path:
+        """Return the promoted run's directory or raise NotTrainedError."""
+        run_id = self.current_run_id()
+        if run_id is None:
+            raise NotTrainedError(f"no trained model in {self.root}", hint="run `bigrec train` first")
+        path = self.run_dir(run_id)
+        if not path.is_dir():
+            raise ArtifactError(f"`current` names run {run_id} but {path} is missing", hint="run `bigrec train` again")
+        return path
+
+    def promote(self, run_dir: Path) -> None:
+        """Point `current` at a completed run in one atomic step."""
+        atomic_write_bytes(self.current_path, (run_dir.name + "\n").encode())

@@ -1,0 +1,136 @@
+"""`bigrec recommend`: top-K items for a user's latest behaviour, feedback included, without TensorFlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bigrec_cli import project as names
+from bigrec_cli.errors import ArtifactError, ConfigError
+from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.project import ProjectDir, file_sha256, read_json
+from bigrec_cli.scoring import Scorer
+from bigrec_cli.vectors import load_item_vectors
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Run:
+    """A completed, verified training run."""
+
+    run_id: str
+    directory: Path
+    config: dict
+    item_ids: list[str]
+    manifest: dict
+    metrics: dict
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read a run after checking every file against the checksums in its manifest."""
+    manifest = read_json(run_dir / names.RUN_MANIFEST)
+    for name, expected in manifest.get("files", {}).items():
+        path = run_dir / name
+        if not path.exists():
+            raise ArtifactError(f"{path} is missing", hint="train again or `bigrec runs promote` another run")
+        if file_sha256(path) != expected:
+            raise ArtifactError(f"{path} does not match its checksum in the manifest (damaged)",
+                                hint="train again or promote another run")  # fmt: skip
+    return Run(
+        run_id=run_dir.name,
+        directory=run_dir,
+        config=read_json(run_dir / names.RUN_CONFIG),
+        item_ids=read_json(run_dir / names.RUN_ITEM_VOCAB),
+        manifest=manifest,
+        metrics=read_json(run_dir / names.RUN_METRICS),
+    )
+
+
+def load_scorer(run: Run) -> Scorer:
+    """Return the run's numpy scorer."""
+    return Scorer.load(run.directory / names.RUN_SCORER, run.item_ids)
+
+
+class Recommender:
+    """Serves top-K lists from the promoted run and the live behaviour of each user.
+
+    Args:
+        project: The project directory.
+        run_dir: A run to use instead of the promoted one.
+    """
+
+    def __init__(self, project: ProjectDir, run_dir: Path | None = None) -> None:
+        self.project = project
+        self.run = load_run(run_dir or project.current_run_dir())
+        self.scorer = load_scorer(self.run)
+        self.max_len = int(self.run.config["max_len"])
+        self.store = FeedbackStore(project.feedback_db)
+        self._add_extracted_items()
+        items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
+        extra = self.store.new_items(exclude=set(items["item_id"]))
+        self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
+        self.events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
+        self.known_users = set(self.events["user_id"].unique())
+        popularity = pd.concat([self.events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
+        self.popular = [item for item in popularity.index if item in self.scorer.index_of]
+
+    def _add_extracted_items(self) -> None:
+        """Score items extracted after the run (e.g. new items from feedback) from their text vectors."""
+        if not self.project.features_meta_path.exists():
+            return
+        meta = read_json(self.project.features_meta_path)
+        if meta.get("model_key") != self.run.manifest.get("features_model_key") or self.run.config.get("fine_tune_bert"):
+            return
+        item_ids, vectors = load_item_vectors(self.project.item_vectors_path)
+        self.scorer.add_items(item_ids, vectors)
+
+    def history(self, user_id: str) -> list[str]:
+        """Return the user's items, oldest first: preprocessed events, then feedback; each item once, at its latest."""
+        mine = self.events[self.events["user_id"] == user_id]
+        rows = list(zip(mine["item_id"], mine["timestamp"])) + self.store.user_events(user_id)
+        rows.sort(key=lambda row: row[1])
+        latest = {item: position for position, (item, _) in enumerate(rows)}
+        return [item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])]
+
+    def recommend_many(self, user_ids: list[str], k: int = 10, exclude_seen: bool = True) -> list[dict]:
+        """Return one answer per user: `{"user_id", "cold_start", "items": [{"rank", "item_id", "title", "score"}]}`.
+
+        Users with no behaviour get the most popular items, flagged `cold_start`.
+        """
+        if not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}", hint="pass a smaller --k")
+        histories = [self.history(user_id) for user_id in user_ids]
+        warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
+        answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
+        if warm:
+            sequences = self.scorer.encode_sequences([histories[row] for row in warm], self.max_len)
+            probabilities = self.scorer.probabilities(sequences)
+            for position, row in enumerate(warm):
+                scores = probabilities[position]
+                if exclude_seen:
+                    seen = [self.scorer.index_of[item] - 1 for item in histories[row] if item in self.scorer.index_of]
+                    scores = scores.copy()
+                    scores[seen] = -np.inf
+                top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
+                top = top[np.argsort(-scores[top], kind="stable")]
+                top = top[np.isfinite(scores[top])]
+                answers[row] = {"user_id": user_ids[row], "cold_start": False,
+                                "items": [self._item(rank, self.scorer.item_ids[column], float(scores[column]))
+                                          for rank, column in enumerate(top, start=1)]}  # fmt: skip
+        for row, answer in enumerate(answers):
+            if answer["cold_start"]:
+                seen = set(histories[row]) if exclude_seen else set()
+                popular = [item for item in self.popular if item not in seen][:k]
+                answer["items"] = [self._item(rank, item, None) for rank, item in enumerate(popular, start=1)]
+        return answers
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict:
+        """Return the top-k answer for one user (see recommend_many)."""
+        return self.recommend_many([user_id], k, exclude_seen)[0]
+
+    def _item(self, rank: int, item_id: str, score: float | None) -> dict:
+        return {"rank": rank, "item_id": item_id, "title": self.titles.get(item_id, ""), "score": score}

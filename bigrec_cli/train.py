@@ -1,0 +1,194 @@
+"""`bigrec train`: fit the model on the training split, stop early on validation NDCG@10, write a run."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import bigrec_cli
+from bigrec_cli import data as data_module
+from bigrec_cli import project as names
+from bigrec_cli.backend import keras, set_seed, versions
+from bigrec_cli.bertfiles import checkpoint_from_paths
+from bigrec_cli.config import TrainConfig
+from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.errors import DataError
+from bigrec_cli.model import build_model, export_scorer_arrays, reset_cold_items
+from bigrec_cli.project import ProjectDir, atomic_write_json, file_sha256, read_json
+from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report, training_windows, user_sequences
+from bigrec_cli.scoring import Scorer
+from bigrec_cli.vectors import load_item_vectors, save_arrays
+
+FINE_TUNE_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` produced."""
+
+    run_id: str
+    run_dir: Path
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+class WindowBatches(keras.utils.Sequence):
+    """Batches of training windows with freshly sampled negatives, reproducible from (seed, epoch, batch)."""
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray, config: TrainConfig, num_items: int) -> None:
+        super().__init__()
+        self.inputs, self.targets, self.config, self.num_items = inputs, targets, config, num_items
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.inputs))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.inputs) / self.config.batch_size))
+
+    def __getitem__(self, batch: int) -> dict[str, np.ndarray]:
+        rows = self.order[batch * self.config.batch_size : (batch + 1) * self.config.batch_size]
+        rng = np.random.default_rng([self.config.seed, self.epoch, batch, 1])
+        inputs, targets = self.inputs[rows], self.targets[rows]
+        # Windows are left-padded: drop the columns that are padding in every row of this batch.
+        first = int(np.argmax(inputs.any(axis=0))) if inputs.any() else 0
+        inputs, targets = inputs[:, first:], targets[:, first:]
+        negatives = rng.integers(1, self.num_items + 1, size=(*targets.shape, self.config.negatives))
+        return {"sequences": inputs, "targets": targets, "negatives": negatives}
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Scores the validation split with the numpy scorer after each epoch, keeps the best weights, stops on patience."""
+
+    def __init__(self, cases, item_ids: list[str], config: TrainConfig, on_epoch: Callable[[dict], None] | None) -> None:
+        super().__init__()
+        self.cases, self.item_ids, self.config, self.on_epoch = cases, item_ids, config, on_epoch
+        self.best_score, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scorer = Scorer(export_scorer_arrays(self.model), self.item_ids)
+        report = scorer_report(scorer, self.cases, self.config.max_len)
+        entry = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))),
+                 **{f"val_{name}": value for name, value in report.items()}}  # fmt: skip
+        self.history.append(entry)
+        if self.on_epoch is not None:
+            self.on_epoch(entry)
+        if report["ndcg@10"] > self.best_score:
+            self.best_score, self.best_epoch, self.wait = report["ndcg@10"], epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+            if self.wait >= self.config.patience:
+                self.model.stop_training = True
+
+
+def _fine_tune_parts(project: ProjectDir, texts: list[str]):
+    from bigrec_cli.features import BertEncoder
+
+    meta = read_json(project.features_meta_path)
+    checkpoint = checkpoint_from_paths(Path(meta["config_path"]), Path(meta["checkpoint_path"]), Path(meta["dict_path"]))
+    encoder = BertEncoder(checkpoint, pooling="mean", max_length=min(meta["max_length"], FINE_TUNE_MAX_TOKENS))
+    tokens = encoder.tokenize(texts)
+    table = np.zeros((len(tokens) + 1, max(map(len, tokens))), dtype="int32")
+    for row, token_ids in enumerate(tokens, start=1):
+        table[row, : len(token_ids)] = token_ids
+    return encoder.model, table
+
+
+def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:  # fmt: skip
+    """Train on the project's train split and promote the new run when it is complete.
+
+    Args:
+        project: The project (`preprocess` and `extract` must have run).
+        config: Hyper-parameters.
+        verbose: Keras progress (0 silent, 1 bar, 2 one line per epoch), written to stderr.
+        on_epoch: Called with each epoch's loss and validation metrics.
+
+    Returns:
+        The run id, its directory, the best epoch and its validation metrics.
+    """
+    started = time.perf_counter()
+    project.require_features()
+    features_meta = read_json(project.features_meta_path)
+    item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
+    events = indexed_events(data_module.load_events(project), item_ids)
+    sequences = user_sequences(events, (SPLIT_TRAIN,))
+    inputs, targets = training_windows(sequences, config.max_len)
+    if len(inputs) == 0:
+        raise DataError("no user has two training events", hint="give each user at least 4 events (3 are held out)")
+    cases = holdout_cases(events, SPLIT_VALID)
+    set_seed(config.seed)
+    table = np.concatenate([np.zeros((1, text_vectors.shape[1]), "float32"), text_vectors])
+    bert, token_table = None, None
+    if config.fine_tune_bert:
+        from bigrec_cli.features import catalog_texts
+
+        texts = catalog_texts(project).set_index("item_id")["text"]
+        bert, token_table = _fine_tune_parts(project, [str(texts.get(item, "")) for item in item_ids])
+    model = build_model(config, table, bert=bert, token_table=token_table)
+    batches = WindowBatches(inputs, targets, config, num_items=len(item_ids))
+    stopper = EarlyStopping(cases, item_ids, config, on_epoch)
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(batches, epochs=config.epochs, callbacks=[stopper], verbose=verbose, shuffle=False)
+    if stopper.best_weights is not None:
+        model.set_weights(stopper.best_weights)
+    counts = np.bincount(np.concatenate(list(sequences.values())), minlength=len(item_ids) + 1)
+    cold = counts == 0
+    cold[0] = False
+    reset_cold_items(model, cold)
+    arrays = export_scorer_arrays(model)
+    metrics = {f"val_{name}": value for name, value in scorer_report(Scorer(arrays, item_ids), cases, config.max_len).items()}
+
+    run_id = project.new_run_id()
+    staging = project.staging_run_dir(run_id)
+    staging.mkdir(parents=True)
+    try:
+        model.save_weights(str(staging / names.RUN_WEIGHTS))
+        save_arrays(staging / names.RUN_SCORER, **arrays)
+        atomic_write_json(staging / names.RUN_CONFIG, config.to_dict())
+        atomic_write_json(staging / names.RUN_ITEM_VOCAB, item_ids)
+        atomic_write_json(staging / names.RUN_HISTORY, stopper.history)
+        atomic_write_json(staging / names.RUN_METRICS, {**metrics, "best_epoch": stopper.best_epoch,
+                                                          "epochs_run": len(stopper.history),
+                                                          "num_cold_items": int(cold.sum())})  # fmt: skip
+        data_meta = read_json(project.data_meta_path)
+        atomic_write_json(
+            staging / names.RUN_MANIFEST,
+            {
+                "run_id": run_id,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "bigrec": bigrec_cli.__version__,
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                **versions(),
+                "data_fingerprint": data_meta["fingerprint"],
+                "features_model_key": features_meta["model_key"],
+                "features_model": features_meta["model"],
+                "train_seconds": round(time.perf_counter() - started, 3),
+                "files": {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()},
+            },
+        )
+        final = project.run_dir(run_id)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    project.promote(final)
+    return TrainResult(run_id, final, stopper.best_epoch, len(stopper.history), metrics, time.perf_counter() - started)

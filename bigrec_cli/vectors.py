@@ -1,0 +1,43 @@
+"""Item-vector files: `.npz` archives of plain arrays, written atomically and read without pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bigrec_cli.errors import ArtifactError
+from bigrec_cli.project import atomic_temporary, commit_temporary
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Write named arrays to an `.npz` file atomically."""
+    temporary = atomic_temporary(path)
+    try:
+        with open(temporary, "wb") as stream:
+            np.savez(stream, **arrays)
+        commit_temporary(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an `.npz` file, refusing pickled objects."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing", hint="rerun the step that writes it") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise ArtifactError(f"{path} is damaged: {error}", hint="rerun the step that writes it") from None
+
+
+def save_item_vectors(path: Path, item_ids: list[str], vectors: np.ndarray) -> None:
+    """Write item ids and their vectors, row for row."""
+    save_arrays(path, item_ids=np.array(item_ids, dtype=str), vectors=vectors.astype("float32"))
+
+
+def load_item_vectors(path: Path) -> tuple[list[str], np.ndarray]:
+    """Read item ids and their vectors."""
+    arrays = load_arrays(path)
+    return arrays["item_ids"].tolist(), arrays["vectors"]

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from bigrec_cli.baselines import EASE, ItemKNN, Pop, interaction_matrix
+
+
+@pytest.fixture
+def matrix():
+    # users x items: u0 {0,1}, u1 {0,1,2}, u2 {2}
+    return interaction_matrix(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 0, 1, 2, 2]), 3, 3)
+
+
+def test_pop_counts(matrix):
+    assert Pop().fit(matrix).score(matrix[[0]]).tolist() == [[2.0, 2.0, 2.0]]
+
+
+def test_itemknn_cosine_by_hand(matrix):
+    model = ItemKNN(neighbours=2).fit(matrix)
+    # items 0 and 1 share users {0,1}: cos = 2 / (sqrt2*sqrt2) = 1; items 0 and 2 share u1: 1 / (sqrt2*sqrt2) = 0.5
+    assert model.similarity_[0, 1] == pytest.approx(1.0)
+    assert model.similarity_[0, 2] == pytest.approx(0.5)
+    assert model.similarity_[0, 0] == 0.0
+    # u2 has item 2 only: scores = similarity row 2
+    assert model.score(matrix[[2]])[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+
+
+def test_ease_closed_form(matrix):
+    l2 = 1.0
+    model = EASE(l2=l2).fit(matrix)
+    dense = matrix.toarray()
+    precision = np.linalg.inv(dense.T @ dense + l2 * np.eye(3))
+    expected = -precision / np.diag(precision)
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected)
+    assert np.allclose(np.diag(model.weights_), 0.0)

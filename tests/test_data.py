@@ -1,0 +1,106 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bigrec_cli.data import order_and_deduplicate, parse_timestamps, split_by_time
+from tests.conftest import ML100K, SAMPLE, invoke
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def items_csv(tmp_path):
+    return write(tmp_path / "items.csv", "item_id,title,description\na,Alpha,first\nb,Beta,second\nc,Gamma,third\n")
+
+
+def test_split_last_is_test_second_last_is_valid():
+    events = pd.DataFrame({"user_id": ["u"] * 4 + ["v"] * 2, "item_id": list("abcdab"), "timestamp": [1, 2, 3, 4, 1, 2]})
+    assert split_by_time(events).tolist() == ["train", "train", "valid", "test", "train", "train"]
+
+
+def test_deduplicate_keeps_latest_and_orders_by_time():
+    events = pd.DataFrame({"user_id": ["u", "u", "u"], "item_id": ["a", "b", "a"], "timestamp": [3.0, 1.0, 5.0]})
+    kept, dropped = order_and_deduplicate(events)
+    assert dropped == 1
+    assert kept["item_id"].tolist() == ["b", "a"]
+    assert kept["timestamp"].tolist() == [1.0, 5.0]
+
+
+def test_timestamps_unix_and_iso():
+    seconds, bad = parse_timestamps(pd.Series(["0", "1700000000", "1970-01-02T00:00:00Z", "yesterday", "-5", "nan"]))
+    assert seconds[:3].tolist() == [0.0, 1_700_000_000.0, 86_400.0]
+    assert bad.tolist() == [False, False, False, True, True, True]
+
+
+def test_preprocess_sample_data_writes_parquet_and_split(project):
+    result = invoke("preprocess", "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv"), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["num_items"] == 400 and summary["num_users"] == 300
+    assert summary["num_valid"] == summary["num_test"] == 300
+    events = pd.read_parquet(project / "data" / "events.parquet")
+    last = events.groupby("user_id").tail(1)
+    assert set(last["split"]) == {"test"}
+    assert events.groupby("user_id")["timestamp"].apply(lambda series: series.is_monotonic_increasing).all()
+
+
+@pytest.mark.parametrize(
+    "events_text, expected",
+    [
+        ("user_id,item_id\nu,a\n", "has no column 'timestamp'"),
+        ("user_id;item_id;timestamp\nu;a;1\n", "is the delimiter a comma?"),
+        ("user_id,item_id,timestamp\nu,a,1\nu,b,not-a-time\n", "unparseable timestamp 'not-a-time' at line 3"),
+        ("user_id,item_id,timestamp\nu,a,1\nu,zzz,2\n", "item_id 'zzz' has no entry"),
+        ("user_id,item_id,timestamp\n", "has a header but no events"),
+        ("", "is empty"),
+        ("user_id,item_id,timestamp,rating\nu,a,1,inf\n", "rating is not a finite number at line 2"),
+    ],
+)
+def test_bad_events_fail_with_one_line_and_change_nothing(tmp_path, project, items_csv, events_text, expected):
+    events = write(tmp_path / "events.csv", events_text)
+    result = invoke("preprocess", "--events", str(events), "--items", str(items_csv))
+    assert result.exit_code == 1
+    assert expected in result.stderr
+    assert "fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "data").exists()
+
+
+def test_failed_preprocess_keeps_previous_data(tmp_path, project, items_csv):
+    good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    assert invoke("preprocess", "--events", str(good), "--items", str(items_csv)).exit_code == 0
+    before = (project / "data" / "events.parquet").read_bytes()
+    bad = write(tmp_path / "bad.csv", "user_id,item_id,timestamp\nu,a,oops\n")
+    assert invoke("preprocess", "--events", str(bad), "--items", str(items_csv)).exit_code == 1
+    assert (project / "data" / "events.parquet").read_bytes() == before
+
+
+def test_unknown_items_can_be_dropped(tmp_path, project, items_csv):
+    events = write(tmp_path / "e.jsonl", '{"user_id":"u","item_id":"a","timestamp":1}\n{"user_id":"u","item_id":"x","timestamp":2}\n')
+    result = invoke("preprocess", "--events", str(events), "--items", str(items_csv), "--drop-unknown-items", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["num_events"] == 1
+
+
+def test_duplicate_item_ids_in_catalog_are_refused(tmp_path, project):
+    items = write(tmp_path / "items.csv", "item_id,title\na,A\na,B\n")
+    events = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,a,1\n")
+    result = invoke("preprocess", "--events", str(events), "--items", str(items))
+    assert result.exit_code == 1 and "repeats at line 3" in result.stderr
+
+
+@pytest.mark.ml100k
+@pytest.mark.skipif(not ML100K.exists(), reason="../shared/data/ml-100k is absent")
+def test_movielens_100k_reads_as_unzipped(project):
+    result = invoke("preprocess", "--format", "movielens-100k", "--source", str(ML100K), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["num_events"], summary["num_users"], summary["num_items"]) == (100_000, 943, 1682)
+    items = pd.read_parquet(project / "data" / "items.parquet").set_index("item_id")
+    assert items.loc["1", "title"] == "Toy Story (1995)"
+    assert "Animation, Children's, Comedy" in items.loc["1", "text"]
