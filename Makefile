@@ -40,3 +40,7 @@ sample-data:
 
 clean:
 	rm -rf $(DEMO_DIR) .cache .pytest_cache
+
+.PHONY: bench-latency
+bench-latency: install
+	$(BIN)/python bench/latency.py

@@ -300,6 +300,26 @@ def ingest_feedback(
         raise typer.Exit(EXIT_REJECTED_ROWS)
 
 
+@app.command()
+def serve(
+    project_dir: ProjectOption,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="BIGREC_TOKEN", help="Require `Authorization: Bearer TOKEN`.",
+                                                 show_default=False)] = None,  # fmt: skip
+) -> None:
+    """Serve GET /recommend, POST /feedback and GET /health over HTTP; picks up newly promoted runs by itself."""
+    from bigrec_cli import serve as serving
+
+    with user_errors():
+        project = ProjectDir(project_dir)
+        project.current_run_dir()
+        if host not in serving.LOOPBACK_HOSTS and not token:
+            info(f"warning: serving on {host} without --token: anyone who can reach it can read and write")
+        info(f"bigrec serving {project.root} on http://{host}:{port} (OpenAPI at /docs)")
+        serving.run(project, host=host, port=port, token=token)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="bigrec")

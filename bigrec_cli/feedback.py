@@ -11,7 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -71,6 +71,10 @@ class ParsedEvent:
     weight: float
     title: str
     text: str
+
+
+class _Abort(Exception):
+    """Unwinds an all-or-nothing ingestion after a rejected row."""
 
 
 class RowError(ValueError):
@@ -225,10 +229,16 @@ class FeedbackStore:
         Returns:
             Counts of accepted, duplicate and rejected rows.
         """
+        return self.ingest_rows(read_rows(stream, source), source=source, known_items=known_items,
+                                rejects_path=rejects_path)  # fmt: skip
+
+    def ingest_rows(self, rows: Iterable[tuple[int, dict[str, Any] | None, str]], *, source: str,
+                    known_items: set[str], rejects_path: Path | None, all_or_nothing: bool = False) -> IngestSummary:  # fmt: skip
+        """Store (line, row, raw) rows as `ingest` does; with `all_or_nothing`, one bad row stores nothing."""
         now = time.time()
         summary = IngestSummary()
         parsed: list[tuple[int, ParsedEvent]] = []
-        for number, row, raw in read_rows(stream, source):
+        for number, row, raw in rows:
             summary.num_rows += 1
             try:
                 if row is None:
@@ -236,6 +246,9 @@ class FeedbackStore:
                 parsed.append((number, parse_event(row, now)))
             except RowError as error:
                 summary.rejections.append({"line": number, "reason": str(error), "row": raw[:2000]})
+        if all_or_nothing and summary.rejections:
+            summary.num_rejected = len(summary.rejections)
+            return summary
         connection = self.connect()
         try:
             self.migrate(connection)
@@ -247,6 +260,8 @@ class FeedbackStore:
                     if is_new_item and not event.text:
                         summary.rejections.append({"line": number, "reason": f"unknown item_id {event.item_id!r} "
                                                    "without title or text", "row": event.item_id})  # fmt: skip
+                        if all_or_nothing:
+                            raise _Abort
                         continue
                     if is_new_item:
                         connection.execute("INSERT INTO items VALUES (?, ?, ?, ?)",
@@ -263,13 +278,16 @@ class FeedbackStore:
                     else:
                         summary.num_duplicates += 1
                 connection.execute("COMMIT")
+            except _Abort:
+                connection.execute("ROLLBACK")
+                summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
         finally:
             connection.close()
         summary.num_rejected = len(summary.rejections)
-        if summary.rejections:
+        if summary.rejections and rejects_path is not None:
             rejects_path.parent.mkdir(parents=True, exist_ok=True)
             with open(rejects_path, "a", encoding="utf-8") as log:
                 for rejection in sorted(summary.rejections, key=lambda entry: entry["line"]):

@@ -71,11 +71,14 @@ class Recommender:
         self.store = FeedbackStore(project.feedback_db)
         self._add_extracted_items()
         items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
-        extra = self.store.new_items(exclude=set(items["item_id"]))
+        self.catalog_items = set(items["item_id"])
+        extra = self.store.new_items(exclude=self.catalog_items)
         self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
-        self.events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
-        self.known_users = set(self.events["user_id"].unique())
-        popularity = pd.concat([self.events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
+        events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
+        # Preprocessed events never change while a run serves: group them once, read only feedback per request.
+        self.base_histories = {user: list(zip(group["item_id"], group["timestamp"]))
+                               for user, group in events.groupby("user_id", sort=False)}  # fmt: skip
+        popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
 
     def _add_extracted_items(self) -> None:
@@ -90,11 +93,23 @@ class Recommender:
 
     def history(self, user_id: str) -> list[str]:
         """Return the user's items, oldest first: preprocessed events, then feedback; each item once, at its latest."""
-        mine = self.events[self.events["user_id"] == user_id]
-        rows = list(zip(mine["item_id"], mine["timestamp"])) + self.store.user_events(user_id)
-        rows.sort(key=lambda row: row[1])
-        latest = {item: position for position, (item, _) in enumerate(rows)}
-        return [item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])]
+        return self.histories([user_id])[0]
+
+    def histories(self, user_ids: list[str]) -> list[list[str]]:
+        """Return the histories of many users, reading the feedback store once for a large batch."""
+        if len(user_ids) > 32:
+            frame = self.store.events_frame()
+            feedback = {user: list(zip(group["item_id"], group["timestamp"]))
+                        for user, group in frame.groupby("user_id", sort=False)}  # fmt: skip
+            live = [feedback.get(user_id, []) for user_id in user_ids]
+        else:
+            live = [self.store.user_events(user_id) for user_id in user_ids]
+        result = []
+        for user_id, extra in zip(user_ids, live):
+            rows = sorted(self.base_histories.get(user_id, []) + extra, key=lambda row: row[1])
+            latest = {item: position for position, (item, _) in enumerate(rows)}
+            result.append([item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])])
+        return result
 
     def recommend_many(self, user_ids: list[str], k: int = 10, exclude_seen: bool = True) -> list[dict]:
         """Return one answer per user: `{"user_id", "cold_start", "items": [{"rank", "item_id", "title", "score"}]}`.
@@ -103,7 +118,7 @@ class Recommender:
         """
         if not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}", hint="pass a smaller --k")
-        histories = [self.history(user_id) for user_id in user_ids]
+        histories = self.histories(user_ids)
         warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:

@@ -1,0 +1,185 @@
+"""Latency benchmark of real-time serving (`make bench-latency`).
+
+Protocol: a synthetic catalog of 10,000 items with random unit text vectors (384-d) and 5,000 users with 20–60
+events each; the model is trained for one epoch (timing only, quality is irrelevant here). Then, on this machine:
+- serve: `bigrec serve` on 127.0.0.1, 8 concurrent closed-loop clients (keep-alive HTTP/1.1) for 30 s asking
+  GET /recommend top-10 for random users; p50 / p99 / max latency and requests/s.
+- feedback-to-effect: POST /feedback of one event for a user, then GET /recommend for that user; the time from
+  sending the POST to receiving a recommendation that reflects the event (the item now counts as seen), median
+  over 30 trials.
+- cli: wall time of `bigrec recommend --user U --k 10` in a fresh process, median of 7.
+- batch: `Recommender.recommend_many` for all 5,000 users, top-10 over 10,000 items, median of 3 (model loaded).
+Writes bench/results/latency.json.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work" / "latency"
+RESULTS = ROOT / "bench" / "results" / "latency.json"
+BIGREC = [sys.executable, "-m", "bigrec_cli"]
+NUM_ITEMS, NUM_USERS, DIM = 10_000, 5_000, 384
+CLIENTS, DURATION_S = 8, 30.0
+
+
+def build_project(project: Path) -> None:
+    from bigrec_cli.data import preprocess
+    from bigrec_cli.project import ProjectDir, atomic_write_json
+    from bigrec_cli.vectors import save_item_vectors
+
+    rng = np.random.default_rng(0)
+    raw = WORK / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(NUM_ITEMS)], "title": [f"Item {n}" for n in range(NUM_ITEMS)]})
+    items.to_csv(raw / "items.csv", index=False)
+    rows = []
+    for user in range(NUM_USERS):
+        picks = rng.choice(NUM_ITEMS, size=rng.integers(20, 61), replace=False)
+        start = 1_700_000_000 + user
+        rows += [(f"u{user}", f"i{item}", start + 60 * step) for step, item in enumerate(picks)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(raw / "events.csv", index=False)
+    root = ProjectDir(project)
+    preprocess(root, events_path=raw / "events.csv", items_path=raw / "items.csv")
+    vectors = rng.normal(size=(NUM_ITEMS, DIM)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    save_item_vectors(root.item_vectors_path, items["item_id"].tolist(), vectors)
+    atomic_write_json(root.features_meta_path, {"model": "random-unit-vectors", "model_key": "random-unit-384",
+                                                "dim": DIM, "num_items": NUM_ITEMS, "pooling": "none"})  # fmt: skip
+    subprocess.run([*BIGREC, "train", "--project-dir", str(project), "--epochs", "1", "--json"], check=True,
+                   cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None) -> dict:
+    headers = {"Content-Type": "application/json"} if body else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{method} {path}: {response.status} {payload[:200]!r}")
+    return json.loads(payload)
+
+
+def load_test(port: int) -> dict:
+    latencies: list[list[float]] = [[] for _ in range(CLIENTS)]
+    errors = []
+    deadline = time.perf_counter() + DURATION_S
+
+    def client(slot: int) -> None:
+        rng = random.Random(slot)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.perf_counter() < deadline:
+            user = f"u{rng.randrange(NUM_USERS)}"
+            started = time.perf_counter()
+            try:
+                request(connection, "GET", f"/recommend?user={user}&k=10")
+            except Exception as error:  # count, keep going
+                errors.append(str(error))
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            latencies[slot].append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    flat = np.array([value for values in latencies for value in values]) * 1000
+    return {"serve_p50_ms": float(np.percentile(flat, 50)), "serve_p99_ms": float(np.percentile(flat, 99)),
+            "serve_max_ms": float(flat.max()), "serve_rps": len(flat) / elapsed, "serve_requests": int(len(flat)),
+            "serve_errors": len(errors)}  # fmt: skip
+
+
+def feedback_to_effect(port: int, trials: int = 30) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    rng = random.Random(99)
+    timings = []
+    for trial in range(trials):
+        user = f"u{rng.randrange(NUM_USERS)}"
+        top = request(connection, "GET", f"/recommend?user={user}&k=10")["items"][0]["item_id"]
+        event = json.dumps([{"user_id": user, "item_id": top, "timestamp": 1_900_000_000 + trial}]).encode()
+        started = time.perf_counter()
+        request(connection, "POST", "/feedback", event)
+        answer = request(connection, "GET", f"/recommend?user={user}&k=10")
+        elapsed = time.perf_counter() - started
+        assert top not in {item["item_id"] for item in answer["items"]}, "feedback not reflected"
+        timings.append(elapsed * 1000)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    project = WORK / "project"
+    if not (project / "current").exists():
+        print("building the synthetic project (10,000 items, 5,000 users) and training 1 epoch…", file=sys.stderr)
+        build_project(project)
+    env = {**os.environ, "BIGREC_PROJECT_DIR": str(project)}
+    cli_walls = []
+    for _ in range(7):
+        started = time.perf_counter()
+        subprocess.run([*BIGREC, "recommend", "--user", "u17", "--k", "10", "--json"], check=True, cwd=ROOT, env=env,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        cli_walls.append(time.perf_counter() - started)
+
+    from bigrec_cli.project import ProjectDir
+    from bigrec_cli.recommend import Recommender
+
+    recommender = Recommender(ProjectDir(project))
+    users = [f"u{n}" for n in range(NUM_USERS)]
+    batch_seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        recommender.recommend_many(users, k=10)
+        batch_seconds.append(time.perf_counter() - started)
+
+    port = free_port()
+    server = subprocess.Popen([*BIGREC, "serve", "--port", str(port)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                request(http.client.HTTPConnection("127.0.0.1", port, timeout=1), "GET", "/health")
+                break
+            except OSError:
+                time.sleep(0.1)
+        serve = load_test(port)
+        effect_ms = feedback_to_effect(port)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    result = {
+        **{key: round(value, 3) if isinstance(value, float) else value for key, value in serve.items()},
+        "feedback_to_effect_ms": round(effect_ms, 3),
+        "cli_recommend_wall_s": round(statistics.median(cli_walls), 3),
+        "batch_users_per_s": round(NUM_USERS / statistics.median(batch_seconds), 1),
+        "cpu_count": os.cpu_count(),
+        "protocol": __doc__.strip().split("\n", 2)[2],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

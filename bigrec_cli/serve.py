@@ -1,0 +1,175 @@
+"""`bigrec serve`: a warm HTTP server over the promoted run and the live feedback store.
+
+`create_app` builds the app (tested in-process); `run` binds it with uvicorn. The model and item matrix stay in
+memory; a watcher thread loads a newly promoted run (or new item vectors) in the background and swaps it in with
+one assignment, so requests in flight finish on the old one and none fails.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+import bigrec_cli
+from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.project import ProjectDir
+from bigrec_cli.recommend import MAX_K, Recommender
+
+MAX_BODY_BYTES = 1 << 20
+MAX_EVENTS_PER_REQUEST = 10_000
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _generation(project: ProjectDir) -> tuple[str | None, float]:
+    """What the served model depends on: the promoted run and the item vectors' write time."""
+    try:
+        features_time = project.features_meta_path.stat().st_mtime
+    except FileNotFoundError:
+        features_time = 0.0
+    return project.current_run_id(), features_time
+
+
+@dataclass
+class ServingState:
+    """The recommender in use and how it was loaded. Replaced whole, never mutated, on reload."""
+
+    recommender: Recommender
+    generation: tuple[str | None, float]
+    loaded_at: float = field(default_factory=time.time)
+
+
+class ModelWatcher:
+    """Polls the project and swaps in a freshly loaded Recommender when `current` or the item vectors change.
+
+    Args:
+        project: The project directory.
+        poll_seconds: How often to look.
+    """
+
+    def __init__(self, project: ProjectDir, poll_seconds: float = 1.0) -> None:
+        self.project = project
+        self.poll_seconds = poll_seconds
+        generation = _generation(project)
+        self.state = ServingState(Recommender(project), generation)
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Reload if the project changed; return True when a new model was swapped in."""
+        generation = _generation(self.project)
+        if generation == self.state.generation:
+            return False
+        try:
+            fresh = Recommender(self.project)
+        except Exception as error:  # a damaged or half-promoted run must not take the server down
+            self.last_error = f"{type(error).__name__}: {error}"
+            return False
+        self.state = ServingState(fresh, generation)
+        self.last_error = None
+        return True
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.poll_seconds):
+                self.check()
+
+        self._thread = threading.Thread(target=loop, name="bigrec-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: float = 1.0,
+               max_body_bytes: int = MAX_BODY_BYTES, watch: bool = True) -> FastAPI:  # fmt: skip
+    """Build the ASGI app.
+
+    Args:
+        project: The project to serve (it must have a promoted run).
+        token: When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+        poll_seconds: How often to look for a newly promoted run.
+        max_body_bytes: Largest accepted request body.
+        watch: Start the background watcher (tests may call `app.state.watcher.check()` instead).
+    """
+    watcher = ModelWatcher(project, poll_seconds)
+    store = FeedbackStore(project.feedback_db)
+    app = FastAPI(title="bigrec", version=bigrec_cli.__version__,
+                  description="Real-time recommendations from a BERT → LSTM → sigmoid model.")  # fmt: skip
+    app.state.watcher = watcher
+    if watch:
+        app.add_event_handler("startup", watcher.start)
+        app.add_event_handler("shutdown", watcher.stop)
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next):
+        if token and request.url.path not in ("/health", "/docs", "/openapi.json"):
+            header = request.headers.get("authorization", "")
+            supplied = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(supplied.encode(), token.encode()):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness and the run being served."""
+        state = watcher.state
+        return {"status": "ok", "run_id": state.recommender.run.run_id, "loaded_at": state.loaded_at,
+                "num_items": state.recommender.scorer.num_items, "reload_error": watcher.last_error}  # fmt: skip
+
+    @app.get("/recommend")
+    def recommend(user: str = Query(min_length=1, max_length=256), k: int = Query(10, ge=1, le=MAX_K),
+                  include_seen: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Top-k items for the user's latest behaviour, the same answer as `bigrec recommend --json`."""
+        return watcher.state.recommender.recommend(user, k=k, exclude_seen=not include_seen)
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        """Store events (a JSON list, or {"events": [...]}) with the validation of `bigrec ingest-feedback`.
+
+        All or nothing: if any event is invalid, none is stored and the response lists the reasons (422).
+        """
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise HTTPException(413, f"body larger than {max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_body_bytes:
+                raise HTTPException(413, f"body larger than {max_body_bytes} bytes")
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise HTTPException(400, f"body is not JSON: {error}") from None
+        events = payload.get("events") if isinstance(payload, dict) else payload
+        if not isinstance(events, list) or not events:
+            raise HTTPException(400, 'send a non-empty JSON list of events, or {"events": [...]}')
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+        rows = [(number, event if isinstance(event, dict) else None, json.dumps(event)[:2000])
+                for number, event in enumerate(events, start=1)]  # fmt: skip
+        recommender = watcher.state.recommender
+        summary = store.ingest_rows(rows, source="http", known_items=recommender.catalog_items,
+                                    rejects_path=None, all_or_nothing=True)  # fmt: skip
+        result = {key: value for key, value in summary.__dict__.items() if key != "rejects_path"}
+        if summary.num_rejected:
+            result["detail"] = "no event stored: fix the rejected events and resend"
+            return JSONResponse(result, status_code=422)
+        return JSONResponse(result)
+
+    return app
+
+
+def run(project: ProjectDir, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
+    """Load the project and serve it until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(project, token=token), host=host, port=port, log_level="warning", access_log=False)

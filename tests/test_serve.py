@@ -1,0 +1,130 @@
+"""The HTTP server in-process (FastAPI's TestClient) over a real trained project."""
+
+import json
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bigrec_cli.project import ProjectDir
+from bigrec_cli.serve import create_app
+from tests.conftest import invoke
+
+
+@pytest.fixture
+def client(trained_copy):
+    app = create_app(ProjectDir(trained_copy), token="s3cret", watch=False)
+    with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as test_client:
+        yield test_client
+
+
+def cli_answer(project, user, k=10):
+    result = invoke("recommend", "--project-dir", str(project), "--user", user, "--k", str(k), "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_serve_answers_equal_the_cli(client, trained_copy):
+    for user in ("u0007", "u0100", "nobody"):
+        response = client.get("/recommend", params={"user": user, "k": 10})
+        assert response.status_code == 200
+        assert response.json() == cli_answer(trained_copy, user)
+
+
+def test_feedback_over_http_changes_the_next_answer(client, trained_copy):
+    before = client.get("/recommend", params={"user": "u0007"}).json()
+    events = [{"user_id": "u0007", "item_id": item, "timestamp": 1800000000 + n}
+              for n, item in enumerate(["i0003", "i0015", "i0027", "i0039"])]  # fmt: skip
+    response = client.post("/feedback", json={"events": events})
+    assert response.status_code == 200, response.text
+    assert response.json()["num_accepted"] == 4
+    after = client.get("/recommend", params={"user": "u0007"}).json()
+    assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
+    assert after == cli_answer(trained_copy, "u0007"), "CLI and server read the same store"
+    again = client.post("/feedback", json=events).json()
+    assert (again["num_accepted"], again["num_duplicates"]) == (0, 4)
+
+
+def test_wrong_or_missing_token_is_401(client):
+    assert client.get("/recommend", params={"user": "u1"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/recommend", params={"user": "u1"}, headers={"Authorization": ""}).status_code == 401
+    assert client.get("/health", headers={"Authorization": ""}).status_code == 200
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not JSON"),
+    (b'{"events": "x"}', 400, "non-empty JSON list"),
+    (b"[]", 400, "non-empty JSON list"),
+    (json.dumps([{"user_id": "u1", "item_id": "i0001"}, {"user_id": "", "item_id": "i0002"}]).encode(), 422, "rejected"),
+    (json.dumps([{"user_id": "u1", "item_id": "no-such-item"}]).encode(), 422, "rejected"),
+    (b"[" + b'{"user_id": "u1", "item_id": "i0001"},' * 40000 + b"{}]", 413, "larger than"),
+])  # fmt: skip
+def test_bad_bodies_are_4xx_and_store_nothing(client, trained_copy, body, status, message):
+    response = client.post("/feedback", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.text
+    from bigrec_cli.feedback import FeedbackStore
+
+    assert FeedbackStore(ProjectDir(trained_copy).feedback_db).count_events() == 0
+
+
+def test_k_is_bounded(client):
+    assert client.get("/recommend", params={"user": "u1", "k": 5000}).status_code == 422
+    assert client.get("/recommend", params={"user": "u1", "k": 0}).status_code == 422
+
+
+def test_promoted_run_is_picked_up_without_a_failed_request(client, trained_copy):
+    project = ProjectDir(trained_copy)
+    old_run = project.current_run_dir()
+    new_run = old_run.parent / (old_run.name + "-copy")
+    shutil.copytree(old_run, new_run)
+    project.promote(new_run)
+    watcher = client.app.state.watcher
+    assert client.get("/health").json()["run_id"] == old_run.name
+    assert watcher.check() is True
+    assert client.get("/health").json()["run_id"] == new_run.name
+    assert client.get("/recommend", params={"user": "u0007"}).status_code == 200
+
+
+def test_concurrent_requests_during_swaps_all_succeed(client, trained_copy):
+    import threading
+
+    project = ProjectDir(trained_copy)
+    runs = [project.current_run_dir()]
+    runs.append(runs[0].parent / (runs[0].name + "-b"))
+    shutil.copytree(runs[0], runs[1])
+    failures, stop = [], threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            response = client.get("/recommend", params={"user": "u0007", "k": 5})
+            if response.status_code != 200:
+                failures.append(response.status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for swap in range(6):
+        project.promote(runs[swap % 2 == 0])
+        client.app.state.watcher.check()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_damaged_new_run_keeps_serving_the_old_one(client, trained_copy):
+    project = ProjectDir(trained_copy)
+    old_run = project.current_run_dir()
+    broken = old_run.parent / (old_run.name + "-broken")
+    shutil.copytree(old_run, broken)
+    (broken / "scorer.npz").write_bytes(b"garbage")
+    project.promote(broken)
+    assert client.app.state.watcher.check() is False
+    health = client.get("/health").json()
+    assert health["run_id"] == old_run.name and "checksum" in health["reload_error"]
+
+
+def test_openapi_schema_lists_the_endpoints(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/recommend", "/feedback", "/health"} <= set(paths)
