@@ -2,8 +2,9 @@
 
 Protocol: a synthetic catalog of 10,000 items with random unit text vectors (384-d) and 5,000 users with 20–60
 events each; the model is trained for one epoch (timing only, quality is irrelevant here). Then, on this machine:
-- serve: `bigrec serve` on 127.0.0.1, 8 concurrent closed-loop clients (keep-alive HTTP/1.1) for 30 s asking
-  GET /recommend top-10 for random users; p50 / p99 / max latency and requests/s.
+- serve: `bigrec serve` (1 worker) on 127.0.0.1, 8 concurrent closed-loop keep-alive connections for 30 s asking
+  GET /recommend top-10 for random users; p50 / p99 / max latency and requests/s. The load comes from wrk
+  (one thread) when it is installed (apt install wrk), else from 8 Python threads; the client shares the 2 cores.
 - feedback-to-effect: POST /feedback of one event for a user, then GET /recommend for that user; the time from
   sending the POST to receiving a recommendation that reflects the event (the item now counts as seen), median
   over 30 trials.
@@ -18,6 +19,8 @@ import http.client
 import json
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -34,7 +37,9 @@ WORK = ROOT / "bench" / ".work" / "latency"
 RESULTS = ROOT / "bench" / "results" / "latency.json"
 BIGREC = [sys.executable, "-m", "bigrec_cli"]
 NUM_ITEMS, NUM_USERS, DIM = 10_000, 5_000, 384
-CLIENTS, DURATION_S = 8, 30.0
+CLIENTS = 8
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+DURATION_S = float(os.environ.get("BENCH_SECONDS", "30"))
 
 
 def build_project(project: Path) -> None:
@@ -107,9 +112,41 @@ def load_test(port: int) -> dict:
         thread.join()
     elapsed = time.perf_counter() - started
     flat = np.array([value for values in latencies for value in values]) * 1000
+    if not len(flat):
+        raise SystemExit(f"every request failed, e.g. {errors[:1]}")
     return {"serve_p50_ms": float(np.percentile(flat, 50)), "serve_p99_ms": float(np.percentile(flat, 99)),
             "serve_max_ms": float(flat.max()), "serve_rps": len(flat) / elapsed, "serve_requests": int(len(flat)),
             "serve_errors": len(errors)}  # fmt: skip
+
+
+WRK_SCRIPT = """
+math.randomseed(1)
+request = function()
+  return wrk.format("GET", "/recommend?user=u" .. math.random(0, %d) .. "&k=10")
+end
+"""
+
+
+def _milliseconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def load_test_wrk(port: int) -> dict:
+    """The same closed loop with wrk (one C thread, 8 keep-alive connections): less client CPU on a 2-core box."""
+    script = WORK / "recommend.lua"
+    script.write_text(WRK_SCRIPT % (NUM_USERS - 1))
+    output = subprocess.run(["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(DURATION_S)}s", "--latency", "-s", str(script),
+                             f"http://127.0.0.1:{port}"], check=True, capture_output=True, text=True).stdout  # fmt: skip
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.M))
+    latency_line = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, flags=re.M)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"serve_p50_ms": _milliseconds(percentiles["50"]), "serve_p99_ms": _milliseconds(percentiles["99"]),
+            "serve_max_ms": _milliseconds(latency_line.group(3)),
+            "serve_rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1)),
+            "serve_requests": requests, "serve_errors": int(errors.group(1)) if errors else 0,
+            "load_generator": "wrk -t1 -c8"}  # fmt: skip
 
 
 def feedback_to_effect(port: int, trials: int = 30) -> float:
@@ -154,15 +191,17 @@ def main() -> None:
         batch_seconds.append(time.perf_counter() - started)
 
     port = free_port()
-    server = subprocess.Popen([*BIGREC, "serve", "--port", str(port)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*BIGREC, "serve", "--port", str(port), "--workers", str(WORKERS)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
+            if server.poll() is not None:
+                raise SystemExit("bigrec serve exited before answering /health")
             try:
                 request(http.client.HTTPConnection("127.0.0.1", port, timeout=1), "GET", "/health")
                 break
             except OSError:
                 time.sleep(0.1)
-        serve = load_test(port)
+        serve = load_test_wrk(port) if shutil.which("wrk") else {**load_test(port), "load_generator": "python threads"}
         effect_ms = feedback_to_effect(port)
     finally:
         server.terminate()

@@ -307,6 +307,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="BIGREC_TOKEN", help="Require `Authorization: Bearer TOKEN`.",
                                                  show_default=False)] = None,  # fmt: skip
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes (each holds the model).")] = 1,
 ) -> None:
     """Serve GET /recommend, POST /feedback and GET /health over HTTP; picks up newly promoted runs by itself."""
     from bigrec_cli import serve as serving
@@ -317,7 +318,7 @@ def serve(
         if host not in serving.LOOPBACK_HOSTS and not token:
             info(f"warning: serving on {host} without --token: anyone who can reach it can read and write")
         info(f"bigrec serving {project.root} on http://{host}:{port} (OpenAPI at /docs)")
-        serving.run(project, host=host, port=port, token=token)
+        serving.run(project, host=host, port=port, token=token, workers=workers)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,7 @@ class FeedbackStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._readers = threading.local()
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -298,16 +300,19 @@ class FeedbackStore:
     def _read(self, query: str, parameters: tuple = ()) -> list[tuple]:
         if not self.exists():
             return []
-        connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60.0)
-        try:
+        connection = getattr(self._readers, "connection", None)
+        if connection is None:
+            # One read-only connection per thread, kept open: each query is its own read transaction, so under
+            # WAL it sees every commit made before it, and a request pays no connect.
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60.0, check_same_thread=False)
             connection.execute("PRAGMA busy_timeout = 60000")
+            self._readers.connection = connection
+        try:
             return connection.execute(query, parameters).fetchall()
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return []
             raise
-        finally:
-            connection.close()
 
     def user_events(self, user_id: str) -> list[tuple[str, float]]:
         """Return (item_id, timestamp) of one user's feedback events, oldest first."""

@@ -12,7 +12,7 @@ from bigrec_cli import project as names
 from bigrec_cli.errors import ArtifactError, ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir, file_sha256, read_json
-from bigrec_cli.scoring import Scorer
+from bigrec_cli.scoring import Scorer, sigmoid
 from bigrec_cli.vectors import load_item_vectors
 
 MAX_K = 1000
@@ -75,9 +75,14 @@ class Recommender:
         extra = self.store.new_items(exclude=self.catalog_items)
         self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
         events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
-        # Preprocessed events never change while a run serves: group them once, read only feedback per request.
-        self.base_histories = {user: list(zip(group["item_id"], group["timestamp"]))
-                               for user, group in events.groupby("user_id", sort=False)}  # fmt: skip
+        # Preprocessed events are sorted by user, then time, and never change while a run serves: index each
+        # user's slice once; per request only the feedback store is read.
+        users = events["user_id"].to_numpy(dtype=object)
+        self._event_items = events["item_id"].to_numpy(dtype=object)
+        self._event_times = events["timestamp"].to_numpy(dtype="float64")
+        boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
+        starts, stops = np.r_[0, boundaries], np.r_[boundaries, len(users)]
+        self._spans = dict(zip(users[starts].tolist(), zip(starts.tolist(), stops.tolist()))) if len(users) else {}
         popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
 
@@ -106,7 +111,9 @@ class Recommender:
             live = [self.store.user_events(user_id) for user_id in user_ids]
         result = []
         for user_id, extra in zip(user_ids, live):
-            rows = sorted(self.base_histories.get(user_id, []) + extra, key=lambda row: row[1])
+            start, stop = self._spans.get(user_id, (0, 0))
+            base = list(zip(self._event_items[start:stop], self._event_times[start:stop]))
+            rows = sorted(base + extra, key=lambda row: row[1])
             latest = {item: position for position, (item, _) in enumerate(rows)}
             result.append([item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])])
         return result
@@ -122,20 +129,13 @@ class Recommender:
         warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:
+            # Batch users of similar history length together: fewer padded LSTM steps.
+            warm.sort(key=lambda row: len(histories[row]))
             sequences = self.scorer.encode_sequences([histories[row] for row in warm], self.max_len)
-            probabilities = self.scorer.probabilities(sequences)
-            for position, row in enumerate(warm):
-                scores = probabilities[position]
-                if exclude_seen:
-                    seen = [self.scorer.index_of[item] - 1 for item in histories[row] if item in self.scorer.index_of]
-                    scores = scores.copy()
-                    scores[seen] = -np.inf
-                top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
-                top = top[np.argsort(-scores[top], kind="stable")]
-                top = top[np.isfinite(scores[top])]
-                answers[row] = {"user_id": user_ids[row], "cold_start": False,
-                                "items": [self._item(rank, self.scorer.item_ids[column], float(scores[column]))
-                                          for rank, column in enumerate(top, start=1)]}  # fmt: skip
+            for start in range(0, len(warm), 512):
+                logits = self.scorer.logits(sequences[start : start + 512])
+                for position, row in enumerate(warm[start : start + 512]):
+                    answers[row] = self._top_k(user_ids[row], histories[row], logits[position], k, exclude_seen)
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
                 seen = set(histories[row]) if exclude_seen else set()
@@ -146,6 +146,18 @@ class Recommender:
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict:
         """Return the top-k answer for one user (see recommend_many)."""
         return self.recommend_many([user_id], k, exclude_seen)[0]
+
+    def _top_k(self, user_id: str, history: list[str], logits: np.ndarray, k: int, exclude_seen: bool) -> dict:
+        if exclude_seen:
+            seen = [self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
+            logits[seen] = -np.inf
+        top = np.argpartition(-logits, min(k, len(logits) - 1))[:k]
+        top = top[np.argsort(-logits[top], kind="stable")]
+        top = top[np.isfinite(logits[top])]
+        probabilities = sigmoid(logits[top])
+        items = [self._item(rank, self.scorer.item_ids[column], float(probability))
+                 for rank, (column, probability) in enumerate(zip(top, probabilities), start=1)]  # fmt: skip
+        return {"user_id": user_id, "cold_start": False, "items": items}
 
     def _item(self, rank: int, item_id: str, score: float | None) -> dict:
         return {"rank": rank, "item_id": item_id, "title": self.titles.get(item_id, ""), "score": score}

@@ -18,7 +18,7 @@ SCORER_ARRAYS = (
 )  # fmt: skip
 
 
-def _sigmoid(values: np.ndarray) -> np.ndarray:
+def sigmoid(values: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
@@ -48,6 +48,8 @@ class Scorer:
         self.input_vectors = vectors.astype("float32")
         self.output_vectors = (vectors * a["head_kernel"][:, 0]).astype("float32")
         self.output_bias = (a["item_bias"] + a["head_bias"][0]).astype("float32")
+        # The LSTM's input transform depends only on the item: apply it once per item, not once per step and user.
+        self.input_gates = (self.input_vectors @ a["lstm_kernel"] + a["lstm_bias"]).astype("float32")
 
     @property
     def num_items(self) -> int:
@@ -79,23 +81,27 @@ class Scorer:
         """
         a = self.arrays
         units = a["lstm_recurrent_kernel"].shape[0]
-        num_users, length = sequences.shape
+        num_users = sequences.shape[0]
         hidden = np.zeros((num_users, units), dtype="float32")
         cell = np.zeros((num_users, units), dtype="float32")
-        inputs = self.input_vectors[sequences] @ a["lstm_kernel"] + a["lstm_bias"]
-        for step in range(length):
+        # Left padding: skip the leading columns that are padding for every user.
+        active_columns = np.flatnonzero(sequences.any(axis=0))
+        if not len(active_columns):
+            return hidden @ a["user_kernel"] + a["user_bias"]
+        sequences = sequences[:, active_columns[0] :]
+        recurrent = a["lstm_recurrent_kernel"]
+        for step in range(sequences.shape[1]):
             active = sequences[:, step] > 0
-            if not active.any():
-                continue
-            gates = inputs[:, step] + hidden @ a["lstm_recurrent_kernel"]
-            input_gate = _sigmoid(gates[:, :units])
-            forget_gate = _sigmoid(gates[:, units : 2 * units])
-            candidate = np.tanh(gates[:, 2 * units : 3 * units])
-            output_gate = _sigmoid(gates[:, 3 * units :])
-            new_cell = forget_gate * cell + input_gate * candidate
-            new_hidden = output_gate * np.tanh(new_cell)
-            cell = np.where(active[:, None], new_cell, cell)
-            hidden = np.where(active[:, None], new_hidden, hidden)
+            gates = self.input_gates[sequences[:, step]] + hidden @ recurrent
+            sigmoid_gates = sigmoid(gates)
+            new_cell = sigmoid_gates[:, units : 2 * units] * cell + sigmoid_gates[:, :units] * np.tanh(
+                gates[:, 2 * units : 3 * units])  # fmt: skip
+            new_hidden = sigmoid_gates[:, 3 * units :] * np.tanh(new_cell)
+            if active.all():
+                cell, hidden = new_cell, new_hidden
+            else:
+                cell = np.where(active[:, None], new_cell, cell)
+                hidden = np.where(active[:, None], new_hidden, hidden)
         return hidden @ a["user_kernel"] + a["user_bias"]
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:
@@ -105,7 +111,7 @@ class Scorer:
 
     def probabilities(self, sequences: np.ndarray) -> np.ndarray:
         """Return the sigmoid engagement probabilities, (num_users, num_items)."""
-        return _sigmoid(self.logits(sequences))
+        return sigmoid(self.logits(sequences))
 
     def encode_sequences(self, histories: list[list[str]], max_len: int) -> np.ndarray:
         """Turn item-id histories into left-padded index rows of the last `max_len` known items."""

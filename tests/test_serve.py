@@ -128,3 +128,42 @@ def test_damaged_new_run_keeps_serving_the_old_one(client, trained_copy):
 def test_openapi_schema_lists_the_endpoints(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/feedback", "/health"} <= set(paths)
+
+
+def test_real_server_process_serves_on_loopback(trained_project):
+    import http.client
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "BIGREC_PROJECT_DIR": str(trained_project), "BIGREC_TOKEN": "t0k"}
+    server = subprocess.Popen([sys.executable, "-m", "bigrec_cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/health")
+                assert connection.getresponse().status == 200
+                break
+            except OSError:
+                assert time.time() < deadline
+                time.sleep(0.2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/recommend?user=u0007&k=3", headers={"Authorization": "Bearer t0k"})
+        response = connection.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["items"]) == 3
+        connection.request("GET", "/recommend?user=u0007&k=3")
+        assert connection.getresponse().status == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
