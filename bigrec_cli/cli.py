@@ -16,7 +16,7 @@ from bigrec_cli.console import error, info, key_values, print_json
 from bigrec_cli.errors import BigrecError
 from bigrec_cli.project import ProjectDir
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_REJECTED_ROWS = 0, 1, 2
+EXIT_OK, EXIT_USER_ERROR, EXIT_REJECTED_ROWS, EXIT_RUN_REJECTED = 0, 1, 2, 3
 
 app = typer.Typer(
     name="bigrec",
@@ -319,6 +319,101 @@ def serve(
             info(f"warning: serving on {host} without --token: anyone who can reach it can read and write")
         info(f"bigrec serving {project.root} on http://{host}:{port} (OpenAPI at /docs)")
         serving.run(project, host=host, port=port, token=token, workers=workers)
+
+
+@app.command()
+def retrain(
+    project_dir: ProjectOption,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum epochs (default: the current run's).")] = None,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Promote if validation NDCG@10 ≥ current − tolerance.")] = 0.005,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: the current run's).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: the current run's).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fold in feedback, extract new items, warm-start training, and promote only a run that is not worse.
+
+    Exit 0: promoted, or another retrain was running (nothing done). Exit 3: the candidate was worse than the
+    current run by more than the tolerance; it stays in runs/ and `current` is unchanged.
+    """
+    from bigrec_cli import retrain as retraining
+
+    with user_errors():
+        result = retraining.retrain(ProjectDir(project_dir), epochs=epochs, tolerance=tolerance, seed=seed,
+                                    learning_rate=learning_rate,
+                                    verbose=0 if as_json else 2, on_stage=info)  # fmt: skip
+    if result.decision == "skipped":
+        info(f"retrain skipped: {result.record['reason']}")
+    if as_json:
+        print_json({"decision": result.decision, **result.record})
+    elif result.decision != "skipped":
+        key_values(f"retrain: {result.decision}", {key: value for key, value in result.record.items()
+                                                    if not isinstance(value, dict)})  # fmt: skip
+    if result.decision == "rejected":
+        info(f"candidate {result.record['candidate_run']} rejected by the gate; `bigrec runs promote` to use it anyway")
+        raise typer.Exit(EXIT_RUN_REJECTED)
+
+
+@app.command()
+def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
+    """The current run, its metrics and age, and the feedback it has not trained on yet."""
+    from bigrec_cli import runs
+
+    with user_errors():
+        report = runs.status(ProjectDir(project_dir))
+    if as_json:
+        print_json(report)
+    else:
+        key_values("status", {key: value for key, value in report.items() if not isinstance(value, dict)})
+
+
+runs_app = typer.Typer(help="Inspect and switch training runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+def runs_list(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
+    """Every completed run, oldest first."""
+    from bigrec_cli import runs
+
+    with user_errors():
+        rows = runs.list_runs(ProjectDir(project_dir))
+    if as_json:
+        print_json(rows)
+    else:
+        from bigrec_cli.console import rows_table
+
+        rows_table("runs", rows, ["run_id", "current", "status", "created_at", "val_ndcg@10", "warm_start_from"])
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="A run id from `bigrec runs list`.")],
+              project_dir: ProjectOption) -> None:  # fmt: skip
+    """A run's config, metrics and manifest (JSON), after verifying its files."""
+    from bigrec_cli import runs
+
+    with user_errors():
+        print_json(runs.show_run(ProjectDir(project_dir), run_id))
+
+
+@runs_app.command("promote")
+def runs_promote(run_id: Annotated[str, typer.Argument(help="The run to make current.")],
+                 project_dir: ProjectOption) -> None:  # fmt: skip
+    """Make a run current (atomically); serving processes pick it up within a second."""
+    from bigrec_cli import runs
+
+    with user_errors():
+        result = runs.promote_run(ProjectDir(project_dir), run_id)
+    info(f"current: {result['run_id']} (was {result['previous']})")
+
+
+@runs_app.command("rollback")
+def runs_rollback(project_dir: ProjectOption) -> None:
+    """Make the previously current run current again."""
+    from bigrec_cli import runs
+
+    with user_errors():
+        result = runs.rollback(ProjectDir(project_dir))
+    info(f"current: {result['run_id']} (was {result['previous']})")
 
 
 def main() -> None:

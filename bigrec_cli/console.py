@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped or captured output gets a wide fixed width instead of 80 columns, so tables are never cut.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -80,4 +81,15 @@ def recommendations_table(answer: dict) -> None:
     for item in answer["items"]:
         score = "" if item["score"] is None else f"{item['score']:.4f}"
         table.add_row(str(item["rank"]), item["item_id"], item["title"], score)
+    console.print(table)
+
+
+def rows_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print a list of records as a table on stdout."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        cells = [row.get(column) for column in columns]
+        table.add_row(*("" if cell is None else f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in cells))
     console.print(table)

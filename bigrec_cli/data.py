@@ -351,6 +351,22 @@ def load_events(project: ProjectDir) -> pd.DataFrame:
     return pd.read_parquet(project.events_path)
 
 
+def fold_feedback(events: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    """Return preprocessed events plus feedback events, deduplicated, ordered and split again by time.
+
+    Args:
+        events: The preprocessed events (`user_id, item_id, timestamp, event, weight`, …).
+        feedback: Feedback events from the store (`user_id, item_id, timestamp, event, weight`).
+    """
+    columns = ["user_id", "item_id", "timestamp", "event", "weight"]
+    if feedback.empty:
+        return events
+    merged = pd.concat([events[columns], feedback[columns]], ignore_index=True)
+    merged, _ = order_and_deduplicate(merged)
+    merged["split"] = split_by_time(merged)
+    return merged
+
+
 def load_items(project: ProjectDir) -> pd.DataFrame:
     """Read the preprocessed catalog (`item_id`, `title`, `text`, `item_index`)."""
     project.require_data()

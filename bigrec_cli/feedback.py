@@ -319,9 +319,11 @@ class FeedbackStore:
         return self._read("SELECT item_id, timestamp FROM events WHERE user_id = ? ORDER BY timestamp, rowid",
                           (user_id,))  # fmt: skip
 
-    def events_frame(self) -> pd.DataFrame:
-        """Return every feedback event as a frame with user_id, item_id, timestamp, event, weight, event_id."""
-        rows = self._read("SELECT user_id, item_id, timestamp, event, weight, event_id FROM events ORDER BY rowid")
+    def events_frame(self, up_to_rowid: int | None = None) -> pd.DataFrame:
+        """Return feedback events (all, or up to a rowid) with user_id, item_id, timestamp, event, weight, event_id."""
+        limit = up_to_rowid if up_to_rowid is not None else 2**62
+        rows = self._read("SELECT user_id, item_id, timestamp, event, weight, event_id FROM events WHERE rowid <= ? "
+                          "ORDER BY rowid", (limit,))  # fmt: skip
         return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event", "weight", "event_id"])
 
     def new_items(self, exclude: set[str] | None = None) -> pd.DataFrame:
@@ -329,6 +331,16 @@ class FeedbackStore:
         rows = self._read("SELECT item_id, title, text FROM items ORDER BY rowid")
         frame = pd.DataFrame(rows, columns=["item_id", "title", "text"])
         return frame[~frame["item_id"].isin(exclude or set())].reset_index(drop=True)
+
+    def max_rowid(self) -> int:
+        """Return the newest event's rowid (0 when empty): a run records it to know what it trained on."""
+        rows = self._read("SELECT COALESCE(MAX(rowid), 0) FROM events")
+        return int(rows[0][0]) if rows else 0
+
+    def count_events_after(self, rowid: int) -> int:
+        """Return how many events were stored after `rowid`."""
+        rows = self._read("SELECT COUNT(*) FROM events WHERE rowid > ?", (rowid,))
+        return int(rows[0][0]) if rows else 0
 
     def count_events(self) -> int:
         """Return how many feedback events are stored."""

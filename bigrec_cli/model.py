@@ -74,6 +74,9 @@ class SequenceRecommender(keras.Model):
         self.head = keras.layers.Dense(1, kernel_initializer="ones", name="head")  # starts as a plain dot product
         self.positive_weight = positive_weight(config, num_sampled_items)
 
+    def get_config(self) -> dict:
+        return {"config": self.config.to_dict()}
+
     def states(self, sequences: "tf.Tensor", training: bool = False) -> "tf.Tensor":
         """Return (batch, length, dim) user vectors after each position of left-padded sequences."""
         vectors = self.dropout(self.items(sequences, training=training), training=training)
@@ -195,3 +198,27 @@ def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
     warm[0] = False
     bias[cold] = np.median(bias[warm]) if warm.any() else 0.0
     model.items.item_bias.assign(bias)
+
+
+def warm_start(model: SequenceRecommender, arrays: dict[str, np.ndarray], old_item_ids: list[str],
+               new_item_ids: list[str]) -> None:  # fmt: skip
+    """Copy a previous run's weights into a model whose catalog may have grown or been reordered.
+
+    Shared layers are copied as they are; per-item rows (ID vector, bias) follow their item id, and items the
+    previous run did not know start from zero. Frozen text vectors always come from the current extraction.
+    """
+    items = model.items
+    items.projection.kernel.assign(arrays["projection_kernel"])
+    items.projection.bias.assign(arrays["projection_bias"])
+    old_row = {item_id: row for row, item_id in enumerate(old_item_ids, start=1)}
+    rows = np.array([old_row.get(item_id, 0) for item_id in new_item_ids], dtype="int64")
+    known = rows > 0
+    id_embedding = np.zeros(items.id_embedding.shape, dtype="float32")
+    id_embedding[1:][known] = arrays["id_embedding"][rows[known]]
+    items.id_embedding.assign(id_embedding)
+    bias = np.zeros(items.item_bias.shape, dtype="float32")
+    bias[1:][known] = arrays["item_bias"][rows[known]]
+    items.item_bias.assign(bias)
+    model.lstm.cell.set_weights([arrays["lstm_kernel"], arrays["lstm_recurrent_kernel"], arrays["lstm_bias"]])
+    model.user_projection.set_weights([arrays["user_kernel"], arrays["user_bias"]])
+    model.head.set_weights([arrays["head_kernel"], arrays["head_bias"]])

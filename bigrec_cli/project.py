@@ -27,6 +27,9 @@ RUNS_DIR = "runs"
 CURRENT_FILE = "current"
 FEEDBACK_DB = "feedback.sqlite3"
 REJECTS_FILE = "feedback.rejects.jsonl"
+PROMOTIONS_FILE = "promotions.jsonl"
+RETRAIN_LOG = "retrain.log.jsonl"
+LOCK_FILE = "retrain.lock"
 
 RUN_CONFIG = "config.json"
 RUN_WEIGHTS = "model.weights.h5"
@@ -71,6 +74,33 @@ def commit_temporary(temporary: Path, path: Path) -> None:
         os.fsync(stream.fileno())
     os.replace(temporary, path)
     _fsync_dir(path.parent)
+
+
+def append_json_line(path: Path, value: Any) -> None:
+    """Append one JSON line with a single write, so concurrent appenders never interleave within a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(value, sort_keys=True, default=_json_default) + "\n").encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(descriptor, line)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """Read a JSON lines log, skipping a torn last line left by a crash."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    values = []
+    for line in lines:
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return values
 
 
 def read_json(path: Path) -> Any:
@@ -181,6 +211,18 @@ class ProjectDir:
     def rejects_path(self) -> Path:
         return self.root / REJECTS_FILE
 
+    @property
+    def promotions_path(self) -> Path:
+        return self.root / PROMOTIONS_FILE
+
+    @property
+    def retrain_log_path(self) -> Path:
+        return self.root / RETRAIN_LOG
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
     def require_data(self) -> None:
         """Raise NotTrainedError unless `preprocess` has written the data."""
         if not self.data_meta_path.exists():
@@ -224,6 +266,7 @@ class ProjectDir:
             raise ArtifactError(f"`current` names run {run_id} but {path} is missing", hint="run `bigrec train` again")
         return path
 
-    def promote(self, run_dir: Path) -> None:
-        """Point `current` at a completed run in one atomic step."""
+    def promote(self, run_dir: Path, reason: str = "train") -> None:
+        """Point `current` at a completed run in one atomic step and record it in `promotions.jsonl`."""
         atomic_write_bytes(self.current_path, (run_dir.name + "\n").encode())
+        append_json_line(self.promotions_path, {"run_id": run_dir.name, "at": time.time(), "reason": reason})

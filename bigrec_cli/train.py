@@ -21,7 +21,8 @@ from bigrec_cli.bertfiles import checkpoint_from_paths
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID
 from bigrec_cli.errors import DataError
-from bigrec_cli.model import build_model, export_scorer_arrays, reset_cold_items
+from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.model import build_model, export_scorer_arrays, reset_cold_items, warm_start
 from bigrec_cli.project import ProjectDir, atomic_write_json, file_sha256, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report, training_windows, user_sequences
 from bigrec_cli.scoring import Scorer
@@ -112,7 +113,8 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
 
 
 def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:  # fmt: skip
+          on_epoch: Callable[[dict], None] | None = None, include_feedback: bool = False,
+          warm_start_from: Path | None = None, promote: bool = True) -> TrainResult:  # fmt: skip
     """Train on the project's train split and promote the new run when it is complete.
 
     Args:
@@ -120,6 +122,9 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
         config: Hyper-parameters.
         verbose: Keras progress (0 silent, 1 bar, 2 one line per epoch), written to stderr.
         on_epoch: Called with each epoch's loss and validation metrics.
+        include_feedback: Fold the feedback store's events into the data before splitting.
+        warm_start_from: A run whose weights initialise this one (`retrain`).
+        promote: Point `current` at the new run when it completes.
 
     Returns:
         The run id, its directory, the best epoch and its validation metrics.
@@ -128,7 +133,12 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
     project.require_features()
     features_meta = read_json(project.features_meta_path)
     item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
-    events = indexed_events(data_module.load_events(project), item_ids)
+    store = FeedbackStore(project.feedback_db)
+    feedback_rowid = store.max_rowid() if include_feedback else 0
+    raw_events = data_module.load_events(project)
+    if include_feedback:
+        raw_events = data_module.fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid))
+    events = indexed_events(raw_events, item_ids)
     sequences = user_sequences(events, (SPLIT_TRAIN,))
     inputs, targets = training_windows(sequences, config.max_len)
     if len(inputs) == 0:
@@ -143,6 +153,12 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
         texts = catalog_texts(project).set_index("item_id")["text"]
         bert, token_table = _fine_tune_parts(project, [str(texts.get(item, "")) for item in item_ids])
     model = build_model(config, table, bert=bert, token_table=token_table)
+    if warm_start_from is not None:
+        from bigrec_cli.recommend import load_run
+        from bigrec_cli.vectors import load_arrays
+
+        previous = load_run(warm_start_from)
+        warm_start(model, load_arrays(previous.directory / names.RUN_SCORER), previous.item_ids, item_ids)
     batches = WindowBatches(inputs, targets, config, num_items=len(item_ids))
     stopper = EarlyStopping(cases, item_ids, config, on_epoch)
     with contextlib.redirect_stdout(sys.stderr):
@@ -181,6 +197,8 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
                 "data_fingerprint": data_meta["fingerprint"],
                 "features_model_key": features_meta["model_key"],
                 "features_model": features_meta["model"],
+                "feedback_rowid": feedback_rowid,
+                "warm_start_from": warm_start_from.name if warm_start_from else None,
                 "train_seconds": round(time.perf_counter() - started, 3),
                 "files": {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()},
             },
@@ -190,5 +208,6 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    project.promote(final)
+    if promote:
+        project.promote(final)
     return TrainResult(run_id, final, stopper.best_epoch, len(stopper.history), metrics, time.perf_counter() - started)

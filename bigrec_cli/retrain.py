@@ -1,0 +1,146 @@
+"""`bigrec retrain`: the one command a crontab needs. Lock, fold feedback in, extract, warm-start, gate, promote."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bigrec_cli import data as data_module
+from bigrec_cli.bertfiles import checkpoint_from_paths
+from bigrec_cli.config import TrainConfig
+from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID
+from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.project import ProjectDir, append_json_line, read_json
+from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
+from bigrec_cli.recommend import load_run, load_scorer
+from bigrec_cli.vectors import load_item_vectors
+
+EXIT_PROMOTED, EXIT_REJECTED = 0, 3
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What one retrain decided."""
+
+    decision: str  # "promoted", "rejected" or "skipped"
+    record: dict
+
+
+@contextmanager
+def project_lock(project: ProjectDir) -> Iterator[bool]:
+    """Hold the project's retrain lock; yields False at once when another process holds it.
+
+    The lock is an flock on a file, so the kernel releases it when its holder dies, even by SIGKILL.
+    """
+    project.root.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(project.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(descriptor)
+
+
+def validation_ndcg(project: ProjectDir, run_dir: Path, rowid: int) -> dict[str, float]:
+    """Score a run on the validation split of today's data (feedback up to `rowid` folded in)."""
+    run = load_run(run_dir)
+    scorer = load_scorer(run)
+    if project.features_meta_path.exists() and read_json(project.features_meta_path).get("model_key") == \
+            run.manifest.get("features_model_key"):  # fmt: skip
+        scorer.add_items(*load_item_vectors(project.item_vectors_path))
+    events = data_module.fold_feedback(data_module.load_events(project),
+                                       FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))  # fmt: skip
+    indexed = indexed_events(events, scorer.item_ids)
+    max_len = int(run.config["max_len"])
+    return {"valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len),
+            "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len)}  # fmt: skip
+
+
+def retrain(project: ProjectDir, *, epochs: int | None = None, tolerance: float = 0.005, seed: int | None = None,
+            learning_rate: float | None = None, verbose: int = 2, on_epoch: Callable[[dict], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> RetrainResult:  # fmt: skip
+    """Retrain on everything the project knows and promote the result only if it is not worse.
+
+    Args:
+        project: The project directory (preprocess and extract must have run once).
+        epochs: Maximum epochs (default: the current run's).
+        tolerance: Promote when candidate validation NDCG@10 ≥ current − tolerance.
+        seed: Random seed (default: the current run's).
+        learning_rate: Adam's step size (default: the current run's).
+        verbose: Keras progress level.
+        on_epoch: Called after each epoch with its metrics.
+        on_stage: Called with a short description as each stage starts.
+
+    Returns:
+        The decision and the record appended to `retrain.log.jsonl`.
+    """
+    say = on_stage or (lambda _: None)
+    with project_lock(project) as acquired:
+        if not acquired:
+            return RetrainResult("skipped", {"reason": f"another retrain holds {project.lock_path}"})
+        started = time.time()
+        project.require_features()
+        current_id = project.current_run_id()
+        current_dir = project.current_run_dir() if current_id else None
+        durations: dict[str, float] = {}
+
+        say("extracting vectors for new or changed items")
+        from bigrec_cli import features
+
+        meta = read_json(project.features_meta_path)
+        checkpoint = checkpoint_from_paths(Path(meta["config_path"]), Path(meta["checkpoint_path"]), Path(meta["dict_path"]))
+        clock = time.perf_counter()
+        extracted = features.extract(project, checkpoint, pooling=meta["pooling"], max_length=meta["max_length"])
+        durations["extract_s"] = time.perf_counter() - clock
+
+        say("training, warm-started from " + (current_id or "scratch"))
+        from bigrec_cli import train as training
+
+        base = TrainConfig.from_dict(load_run(current_dir).config) if current_dir else TrainConfig()
+        overrides = {key: value for key, value in (("epochs", epochs), ("seed", seed),
+                                                               ("learning_rate", learning_rate)) if value is not None}
+        config = TrainConfig.from_dict({**base.to_dict(), **overrides, "fine_tune_bert": False})
+        clock = time.perf_counter()
+        result = training.train(project, config, verbose=verbose, on_epoch=on_epoch, include_feedback=True,
+                                warm_start_from=current_dir, promote=False)  # fmt: skip
+        durations["train_s"] = time.perf_counter() - clock
+
+        say("evaluating candidate and current run on the same split")
+        clock = time.perf_counter()
+        rowid = int(load_run(result.run_dir).manifest["feedback_rowid"])
+        candidate = validation_ndcg(project, result.run_dir, rowid)
+        incumbent = validation_ndcg(project, current_dir, rowid) if current_dir else None
+        durations["evaluate_s"] = time.perf_counter() - clock
+        candidate_score = candidate["valid"]["ndcg@10"]
+        current_score = incumbent["valid"]["ndcg@10"] if incumbent else None
+        promoted = current_score is None or candidate_score >= current_score - tolerance
+        if promoted:
+            project.promote(result.run_dir, reason="retrain")
+        durations["total_s"] = time.time() - started
+        record = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "decision": "promoted" if promoted else "rejected",
+            "candidate_run": result.run_id,
+            "current_run": current_id,
+            "candidate_val_ndcg@10": candidate_score,
+            "current_val_ndcg@10": current_score,
+            "candidate_test_ndcg@10": candidate["test"]["ndcg@10"],
+            "tolerance": tolerance,
+            "feedback_rowid": rowid,
+            "items_encoded": extracted.num_encoded,
+            "epochs_run": result.epochs_run,
+            "durations": {key: round(value, 3) for key, value in durations.items()},
+        }
+        append_json_line(project.retrain_log_path, record)
+        return RetrainResult(record["decision"], record)
