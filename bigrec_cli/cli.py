@@ -204,6 +204,13 @@ def evaluate(
         metrics_table(report, report["protocol"]["cutoffs"])
 
 
+def spreadsheet_safe(text: str) -> str:
+    """Prefix a cell that a spreadsheet would run as a formula (=, +, -, @) with an apostrophe."""
+    if text and (text[0] in "=+@\t\r" or (text[0] == "-" and not text[1:].replace(".", "", 1).isdigit())):
+        return "'" + text
+    return text
+
+
 def _read_user_ids(path: Path) -> list[str]:
     if str(path) == "-":
         text = sys.stdin.read()
@@ -256,8 +263,8 @@ def recommend(
         for answer in answers:
             for item in answer["items"]:
                 score = "" if item["score"] is None else f"{item['score']:.6f}"
-                writer.writerow([answer["user_id"], item["rank"], item["item_id"], item["title"], score,
-                                 int(answer["cold_start"])])  # fmt: skip
+                writer.writerow([spreadsheet_safe(answer["user_id"]), item["rank"], spreadsheet_safe(item["item_id"]),
+                                 spreadsheet_safe(item["title"]), score, int(answer["cold_start"])])  # fmt: skip
         if output:
             stream.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ MOVIELENS_GENRES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 MAX_SHOWN = 5
+MAX_ID_LENGTH = 256
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, int]:
@@ -38,6 +40,7 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
     try:
         if suffix in (".csv", ".tsv", ".txt"):
             separator = "\t" if suffix == ".tsv" else ","
+            check_field_counts(path, separator)
             frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8")
             return frame, 2
         if suffix in (".jsonl", ".json", ".ndjson"):
@@ -55,6 +58,22 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path} cannot be read as {suffix[1:]}: {first}", hint="check the file's format") from None
     raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
+
+
+def check_field_counts(path: Path, separator: str) -> None:
+    """Refuse rows with more or fewer fields than the header: pandas would shift or drop them silently."""
+    csv.field_size_limit(1 << 30)
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.reader(stream, delimiter=separator)
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if row and len(row) != len(header):
+                raise DataError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)}",
+                    hint="quote fields that contain the delimiter, or fix the row",
+                )
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
@@ -123,6 +142,10 @@ def clean_events(frame: pd.DataFrame, path: Path, offset: int) -> pd.DataFrame:
         empty = np.flatnonzero((events[column] == "") | (events[column].str.lower() == "nan"))
         if len(empty):
             raise DataError(f"{path}: empty {column} at {_rows(empty, offset)}", hint=f"every event needs a {column}")
+        too_long = np.flatnonzero((events[column].str.len() > MAX_ID_LENGTH).to_numpy())
+        if len(too_long):
+            raise DataError(f"{path}: {column} longer than {MAX_ID_LENGTH} characters at {_rows(too_long, offset)}",
+                            hint="ids are short keys; put long text in the items file")  # fmt: skip
     seconds, bad = parse_timestamps(frame["timestamp"])
     if bad.any():
         example = frame["timestamp"].astype(str).iloc[int(np.flatnonzero(bad)[0])]
@@ -167,6 +190,10 @@ def clean_items(frame: pd.DataFrame, path: Path, offset: int, text_columns: list
         title_column = "title" if "title" in frame.columns else text_columns[0]
     require_columns(frame, (title_column,), path)
     item_ids = frame["item_id"].astype(str).str.strip()
+    too_long = np.flatnonzero((item_ids.str.len() > MAX_ID_LENGTH).to_numpy())
+    if len(too_long):
+        raise DataError(f"{path}: item_id longer than {MAX_ID_LENGTH} characters at {_rows(too_long, offset)}",
+                        hint="ids are short keys; put long text in a text column")  # fmt: skip
     empty = np.flatnonzero(item_ids == "")
     if len(empty):
         raise DataError(f"{path}: empty item_id at {_rows(empty, offset)}", hint="every item needs an item_id")
