@@ -135,6 +135,12 @@ def extract(
         key_values("extract", summary.__dict__)
 
 
+def report_epoch(entry: dict) -> None:
+    """One stderr line per epoch: loss and the validation metrics early stopping watches."""
+    info(f"epoch {entry['epoch']}: loss {entry['loss']:.4f}, val ndcg@10 {entry['val_ndcg@10']:.4f}, "
+         f"val hr@10 {entry['val_hr@10']:.4f}")  # fmt: skip
+
+
 @app.command()
 def train(
     project_dir: ProjectOption,
@@ -166,11 +172,7 @@ def train(
         project.require_features()
         from bigrec_cli import train as training
 
-        def report(entry: dict) -> None:
-            info(f"epoch {entry['epoch']}: loss {entry['loss']:.4f}, val ndcg@10 {entry['val_ndcg@10']:.4f}, "
-                 f"val hr@10 {entry['val_hr@10']:.4f}")  # fmt: skip
-
-        result = training.train(project, config, verbose=0 if as_json else 2, on_epoch=report)
+        result = training.train(project, config, verbose=0 if as_json else 2, on_epoch=report_epoch)
     summary = {"run_id": result.run_id, "run_dir": str(result.run_dir), "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run, **result.metrics, "seconds": round(result.seconds, 2)}  # fmt: skip
     if as_json:
@@ -347,7 +349,7 @@ def retrain(
     with user_errors():
         result = retraining.retrain(ProjectDir(project_dir), epochs=epochs, tolerance=tolerance, seed=seed,
                                     learning_rate=learning_rate,
-                                    verbose=0 if as_json else 2, on_stage=info)  # fmt: skip
+                                    verbose=0 if as_json else 2, on_stage=info, on_epoch=report_epoch)  # fmt: skip
     if result.decision == "skipped":
         info(f"retrain skipped: {result.record['reason']}")
     if as_json:

@@ -151,7 +151,7 @@ def test_read_rows_never_crashes_on_arbitrary_text(text):
     import io
 
     try:
-        for number, row, raw in read_rows(io.StringIO(text), "fuzz"):
+        for number, row, _raw in read_rows(io.StringIO(text), "fuzz"):
             assert number >= 1 and (row is None or isinstance(row, dict))
     except DataError as error:
         assert "fuzz" in str(error)
