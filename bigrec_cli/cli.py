@@ -99,6 +99,8 @@ def extract(
     config_path: Annotated[Optional[Path], typer.Option(help="bert_config.json (with --checkpoint-path, --dict-path).")] = None,
     checkpoint_path: Annotated[Optional[Path], typer.Option(help="Checkpoint prefix, e.g. DIR/bert_model.ckpt.")] = None,
     dict_path: Annotated[Optional[Path], typer.Option(help="vocab.txt.")] = None,
+    bert: Annotated[str, typer.Option(envvar="BIGREC_BERT", help="A named model when no path is given: minilm "
+                                      "(all-MiniLM-L6-v2), tiny (the test model), or auto (minilm if installed).")] = "auto",
     pooling: Annotated[Pooling, typer.Option(help="Mean of the last layer, or the [CLS] vector.")] = Pooling.mean,
     max_length: Annotated[int, typer.Option(min=4, max=512, help="Tokens per item text.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
@@ -121,7 +123,7 @@ def extract(
             checkpoint = None
         from bigrec_cli import features
 
-        checkpoint = checkpoint or features.default_checkpoint()
+        checkpoint = checkpoint or features.named_checkpoint(bert)
         from bigrec_cli.console import progress
 
         with progress(f"encoding items with {checkpoint.name}") as bar:
@@ -139,6 +141,20 @@ def report_epoch(entry: dict) -> None:
     """One stderr line per epoch: loss and the validation metrics early stopping watches."""
     info(f"epoch {entry['epoch']}: loss {entry['loss']:.4f}, val ndcg@10 {entry['val_ndcg@10']:.4f}, "
          f"val hr@10 {entry['val_hr@10']:.4f}")  # fmt: skip
+
+
+@app.command("import-bert")
+def import_bert(
+    source: Annotated[Path, typer.Argument(help="Hugging Face folder: config.json, model.safetensors, vocab.txt.")],
+    destination: Annotated[Path, typer.Argument(help="Folder to write bert_config.json, bert_model.ckpt*, vocab.txt.")],
+) -> None:
+    """Convert a Hugging Face BERT (safetensors) into the Google layout bert4keras loads, without torch."""
+    from bigrec_cli import hfimport
+
+    with user_errors():
+        hfimport.hf_to_google(source)  # refuse what cannot be converted before loading TensorFlow
+        checkpoint = hfimport.import_bert(source, destination)
+    info(f"wrote {checkpoint.config_path.parent}: use it with `bigrec extract --bert-dir {checkpoint.config_path.parent}`")
 
 
 @app.command()

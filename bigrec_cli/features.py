@@ -96,6 +96,20 @@ def default_checkpoint() -> BertCheckpoint:
     return BertCheckpoint(directory / CONFIG_NAME, directory / CHECKPOINT_PREFIX, directory / VOCAB_NAME, "tiny")
 
 
+NAMED_MODELS = ("auto", "minilm", "tiny")
+
+
+def named_checkpoint(name: str) -> BertCheckpoint:
+    """Resolve `--bert NAME`: `minilm`, `tiny`, or `auto` (MiniLM when its package is installed, else tiny)."""
+    from bigrec_cli import hfimport
+
+    if name not in NAMED_MODELS:
+        raise ConfigError(f"unknown model name {name!r}", hint=f"use one of {', '.join(NAMED_MODELS)}, or --bert-dir")
+    if name == "minilm" or (name == "auto" and hfimport.minilm_installed()):
+        return hfimport.minilm_checkpoint()
+    return default_checkpoint()
+
+
 class BertEncoder:
     """Turns texts into one vector each with a bert4keras BERT.
 

@@ -23,6 +23,7 @@ def isolated_env(monkeypatch, cache_dir, tmp_path):
     """Every test gets its own project dir and a shared session cache (the tiny BERT is generated once)."""
     monkeypatch.setenv("BIGREC_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("BIGREC_PROJECT_DIR", str(tmp_path / "project"))
+    monkeypatch.setenv("BIGREC_BERT", "tiny")
 
 
 def invoke(*args: str, input: str | None = None):
@@ -41,6 +42,7 @@ def trained_project(tmp_path_factory, cache_dir) -> Path:
 
     root = tmp_path_factory.mktemp("trained") / "project"
     os.environ["BIGREC_CACHE_DIR"] = str(cache_dir)
+    os.environ["BIGREC_BERT"] = "tiny"
     steps = [
         ["preprocess", "--project-dir", str(root), "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")],
         ["extract", "--project-dir", str(root)],
