@@ -65,6 +65,13 @@ $(REF_VENV)/.installed:
 bench-reference-fixture: bench-reference-env
 	$(REF_VENV)/bin/python bench/make_bert_reference.py
 
+.PHONY: bench-quality bench-coldstart
+bench-quality: install
+	$(BIN)/python bench/quality.py
+
+bench-coldstart: install
+	$(BIN)/python bench/coldstart.py
+
 bench-extract: install bench-reference-env
 	$(BIN)/python bench/extract_speed.py
 

@@ -205,6 +205,7 @@ def evaluate(
     baselines: Annotated[bool, typer.Option(help="Compute Pop, ItemKNN and EASE on the same split.")] = True,
     ease_l2: Annotated[float, typer.Option(help="EASE's λ.")] = 100.0,
     negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive for AUC and log loss.")] = 100,
+    report: Annotated[Optional[Path], typer.Option(help="Also write PNG plots and an HTML page into this folder.")] = None,
 ) -> None:
     """Full-ranking HR/NDCG/MRR@5,10,20, AUC and log loss on the test split, beside Pop, ItemKNN and EASE."""
     from bigrec_cli import evaluate as evaluation
@@ -212,14 +213,16 @@ def evaluate(
     with user_errors():
         project = ProjectDir(project_dir)
         run_dir = project.run_dir(run) if run else None
-        report = evaluation.evaluate(project, run_dir=run_dir, num_negatives=negatives, ease_l2=ease_l2,
-                                     baselines=baselines)  # fmt: skip
+        results = evaluation.evaluate(project, run_dir=run_dir, num_negatives=negatives, ease_l2=ease_l2,
+                                      baselines=baselines, report_dir=report)  # fmt: skip
     if as_json:
-        print_json(report)
+        print_json(results)
     else:
         from bigrec_cli.console import metrics_table
 
-        metrics_table(report, report["protocol"]["cutoffs"])
+        metrics_table(results, results["protocol"]["cutoffs"])
+    if report is not None:
+        info(f"report: {results['report']}")
 
 
 def spreadsheet_safe(text: str) -> str:

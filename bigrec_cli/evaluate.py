@@ -12,7 +12,7 @@ from bigrec_cli.baselines import interaction_matrix, make_baselines
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 from bigrec_cli.errors import DataError
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
-from bigrec_cli.project import ProjectDir, atomic_write_json
+from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json
 from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
 from bigrec_cli.recommend import load_run, load_scorer
 from bigrec_cli.scoring import Scorer
@@ -40,9 +40,8 @@ def sampled_classification(scorer: Scorer, cases: HoldoutCases, max_len: int, nu
     return {"auc": roc_auc(labels_array, probability_array), "log_loss": log_loss(labels_array, probability_array)}
 
 
-def baseline_reports(events, cases: HoldoutCases, num_items: int, cutoffs: tuple[int, ...], ease_l2: float
-                     ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Fit each baseline on the history splits and rank the same targets under the same protocol."""
+def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) -> dict[str, np.ndarray]:  # fmt: skip
+    """Fit each baseline on the history splits and return its rank of every target under the same protocol."""
     history = events[events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))]
     users = sorted(set(history["user_id"]) | set(cases.user_ids))
     row_of = {user: row for row, user in enumerate(users)}
@@ -58,12 +57,13 @@ def baseline_reports(events, cases: HoldoutCases, num_items: int, cutoffs: tuple
             scores = baseline.score(matrix[rows])
             excluded = [history_items - 1 for history_items in cases.histories[start : start + 1024]]
             ranks.append(ranks_of_targets(scores, cases.targets[start : start + 1024] - 1, excluded))
-        reports[name] = ranking_report(np.concatenate(ranks), cutoffs)
+        reports[name] = np.concatenate(ranks)
     return reports
 
 
 def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple[int, ...] = CUTOFFS,
-             num_negatives: int = 100, seed: int = 0, ease_l2: float = 100.0, baselines: bool = True) -> dict:  # fmt: skip
+             num_negatives: int = 100, seed: int = 0, ease_l2: float = 100.0, baselines: bool = True,
+             report_dir: Path | None = None) -> dict:  # fmt: skip
     """Evaluate a run (the promoted one by default) on the test split and save the report.
 
     Args:
@@ -74,6 +74,7 @@ def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple
         seed: Seed of that sampling.
         ease_l2: EASE's λ.
         baselines: Also compute Pop, ItemKNN and EASE.
+        report_dir: Also write PNG plots and an HTML page there.
 
     Returns:
         `{"run_id", "num_users", "ndcg@10", …, "auc", "log_loss", "baselines": {"pop": {…}, …}, "protocol"}`.
@@ -87,16 +88,22 @@ def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple
     if not cases.user_ids:
         raise DataError("the test split is empty", hint="users need at least 3 events to be held out")
     report: dict = {"run_id": run.run_id, "num_users": len(cases.user_ids), "num_items": scorer.num_items}
-    report.update(ranking_report(scorer_ranks(scorer, cases, max_len), cutoffs))
+    ranks = {"bigrec": scorer_ranks(scorer, cases, max_len)}
+    report.update(ranking_report(ranks["bigrec"], cutoffs))
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
     if baselines:
-        report["baselines"] = baseline_reports(events, cases, scorer.num_items, cutoffs, ease_l2)
+        ranks.update(baseline_ranks(events, cases, scorer.num_items, ease_l2))
+        report["baselines"] = {name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"}
     report["protocol"] = {
         "split": PROTOCOL,
         "cutoffs": list(cutoffs),
         "auc_log_loss": f"each test positive vs {num_negatives} sampled unseen items (seed {seed})",
         "baselines": f"fit on train + validation events; EASE lambda = {ease_l2}; ItemKNN cosine, 100 neighbours",
     }
+    if report_dir is not None:
+        from bigrec_cli.report import write_report
+
+        report["report"] = str(write_report(report_dir, report, ranks, read_json(run.directory / RUN_HISTORY)))
     report["seconds"] = round(time.perf_counter() - started, 3)
     atomic_write_json(project.root / EVALUATIONS_DIR / f"{run.run_id}.json", report)
     return report

@@ -114,7 +114,8 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
 
 def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
           on_epoch: Callable[[dict], None] | None = None, include_feedback: bool = False,
-          warm_start_from: Path | None = None, promote: bool = True) -> TrainResult:  # fmt: skip
+          warm_start_from: Path | None = None, promote: bool = True,
+          exclude_items: set[str] | None = None) -> TrainResult:  # fmt: skip
     """Train on the project's train split and promote the new run when it is complete.
 
     Args:
@@ -125,6 +126,8 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
         include_feedback: Fold the feedback store's events into the data before splitting.
         warm_start_from: A run whose weights initialise this one (`retrain`).
         promote: Point `current` at the new run when it completes.
+        exclude_items: Items whose events are hidden from training and validation (cold-start experiments);
+            they stay in the catalog and are scored from their text.
 
     Returns:
         The run id, its directory, the best epoch and its validation metrics.
@@ -138,6 +141,8 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
     raw_events = data_module.load_events(project)
     if include_feedback:
         raw_events = data_module.fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid))
+    if exclude_items:
+        raw_events = raw_events[~raw_events["item_id"].isin(exclude_items)]
     events = indexed_events(raw_events, item_ids)
     sequences = user_sequences(events, (SPLIT_TRAIN,))
     inputs, targets = training_windows(sequences, config.max_len)
