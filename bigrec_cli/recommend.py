@@ -16,6 +16,7 @@ from bigrec_cli.scoring import Scorer, sigmoid
 from bigrec_cli.vectors import load_item_vectors
 
 MAX_K = 1000
+STATE_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Recommender:
         self.scorer = load_scorer(self.run)
         self.max_len = int(self.run.config["max_len"])
         self.store = FeedbackStore(project.feedback_db)
+        self._state_cache: dict[bytes, np.ndarray] = {}
         self._add_extracted_items()
         items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
         self.catalog_items = set(items["item_id"])
@@ -132,8 +134,9 @@ class Recommender:
             # Batch users of similar history length together: fewer padded LSTM steps.
             warm.sort(key=lambda row: len(histories[row]))
             sequences = self.scorer.encode_sequences([histories[row] for row in warm], self.max_len)
+            states = self._user_states(sequences)
             for start in range(0, len(warm), 512):
-                logits = self.scorer.logits(sequences[start : start + 512])
+                logits = self.scorer.logits_from_states(states[start : start + 512])
                 for position, row in enumerate(warm[start : start + 512]):
                     answers[row] = self._top_k(user_ids[row], histories[row], logits[position], k, exclude_seen)
         for row, answer in enumerate(answers):
@@ -146,6 +149,23 @@ class Recommender:
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict:
         """Return the top-k answer for one user (see recommend_many)."""
         return self.recommend_many([user_id], k, exclude_seen)[0]
+
+    def _user_states(self, sequences: np.ndarray) -> np.ndarray:
+        """LSTM states for index sequences, reusing those computed for the very same sequence before.
+
+        The key is the sequence itself, so a user's new event (a different sequence) is never served a stale state.
+        """
+        keys = [row.tobytes() for row in sequences]
+        cached = [self._state_cache.get(key) for key in keys]
+        missing = [position for position, state in enumerate(cached) if state is None]
+        if missing:
+            fresh = self.scorer.user_states(sequences[missing])
+            if len(self._state_cache) + len(missing) > STATE_CACHE_SIZE:
+                self._state_cache.clear()
+            for position, state in zip(missing, fresh):
+                cached[position] = state
+                self._state_cache[keys[position]] = state
+        return np.stack(cached)
 
     def _top_k(self, user_id: str, history: list[str], logits: np.ndarray, k: int, exclude_seen: bool) -> dict:
         if exclude_seen:

@@ -106,7 +106,10 @@ class Scorer:
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:
         """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1)."""
-        states = self.user_states(sequences)
+        return self.logits_from_states(self.user_states(sequences))
+
+    def logits_from_states(self, states: np.ndarray) -> np.ndarray:
+        """Return logits for user vectors from `user_states`: one matrix product with the item matrix."""
         return states @ self.output_vectors[1:].T + self.output_bias[1:]
 
     def probabilities(self, sequences: np.ndarray) -> np.ndarray:

@@ -182,3 +182,22 @@ def test_steps_out_of_order_say_what_to_run(project):
 def test_extract_checkpoint_errors(trained_copy, args, message):
     result = invoke("extract", "--project-dir", str(trained_copy), *args)
     assert result.exit_code == 1 and message in result.stderr
+
+
+def test_evaluate_report_writes_plots_and_page(trained_project, tmp_path):
+    result = invoke("evaluate", "--project-dir", str(trained_project), "--report", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.stderr
+    for name in ("ndcg_at_k.png", "hr_at_k.png", "training.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "ndcg@10" in page and "ease" in page and 'src="training.png"' in page
+
+
+def test_report_curves_by_hand():
+    from bigrec_cli.report import curve
+
+    ranks = np.array([0, 2])
+    hr = curve(ranks, "hr")
+    assert hr[0] == 0.5 and hr[2] == 1.0
+    ndcg = curve(ranks, "ndcg")
+    assert ndcg[0] == pytest.approx(0.5) and ndcg[2] == pytest.approx((1 + 0.5) / 2)
