@@ -172,6 +172,7 @@ def train(
     loss: Annotated[Loss, typer.Option(help="bce, or gbce (calibrated for sampled negatives).")] = Loss.bce,
     gbce_t: Annotated[float, typer.Option(help="gBCE calibration t in [0, 1].")] = 0.75,
     dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's input vectors.")] = 0.2,
+    id_dropout: Annotated[float, typer.Option(help="Share of item lookups trained without their ID vector.")] = 0.0,
     id_embedding: Annotated[bool, typer.Option(help="Add a learned per-item vector to the text vector.")] = True,
     fine_tune_bert: Annotated[bool, typer.Option(help="Train the BERT encoder end to end (small catalogs).")] = False,
     as_json: JsonOption = False,
@@ -182,7 +183,8 @@ def train(
     with user_errors():
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_len=max_len,
                              lstm_units=lstm_units, dim=dim, negatives=negatives, seed=seed, patience=patience,
-                             loss=loss.value, gbce_t=gbce_t, dropout=dropout, id_embedding=id_embedding,
+                             loss=loss.value, gbce_t=gbce_t, dropout=dropout, id_dropout=id_dropout,
+                             id_embedding=id_embedding,
                              fine_tune_bert=fine_tune_bert)  # fmt: skip
         project = ProjectDir(project_dir)
         project.require_features()

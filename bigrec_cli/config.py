@@ -28,6 +28,8 @@ class TrainConfig:
         loss: `bce`, or `gbce` (generalised BCE, which calibrates the positive term for sampled negatives).
         gbce_t: gBCE calibration in [0, 1]; 0 is plain BCE.
         dropout: Dropout on the item vectors the LSTM reads.
+        id_dropout: Share of item lookups that drop the learned ID vector during training, so the text path
+            learns to stand alone (helps items with no interactions).
     """
 
     epochs: int = 30
@@ -44,6 +46,7 @@ class TrainConfig:
     loss: str = "bce"
     gbce_t: float = 0.75
     dropout: float = 0.2
+    id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
@@ -54,7 +57,7 @@ class TrainConfig:
             raise ConfigError(f"learning_rate {self.learning_rate} is outside (0, 1)", hint="try 1e-3")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
-        if not 0 <= self.gbce_t <= 1 or not 0 <= self.dropout < 1:
+        if not 0 <= self.gbce_t <= 1 or not 0 <= self.dropout < 1 or not 0 <= self.id_dropout <= 1:
             raise ConfigError("gbce_t must be in [0, 1] and dropout in [0, 1)", hint="check --gbce-t and --dropout")
 
     def to_dict(self) -> dict:

@@ -27,8 +27,9 @@ class ItemTable(keras.layers.Layer):
     """
 
     def __init__(self, text_vectors: np.ndarray, dim: int, id_embedding: bool = True, bert=None,
-                 token_table: np.ndarray | None = None, **kwargs) -> None:  # fmt: skip
+                 token_table: np.ndarray | None = None, id_dropout: float = 0.0, **kwargs) -> None:  # fmt: skip
         super().__init__(**kwargs)
+        self.id_dropout = id_dropout
         self.num_rows, self.text_dim = text_vectors.shape
         self.text_table = self.add_weight(
             name="text_vectors", shape=text_vectors.shape, trainable=False,
@@ -54,7 +55,11 @@ class ItemTable(keras.layers.Layer):
         return tf.reshape(tf.gather(pooled, position), tf.concat([tf.shape(indices), [self.text_dim]], axis=0))
 
     def call(self, indices: "tf.Tensor", training: bool = False) -> "tf.Tensor":
-        return self.projection(self.text_vectors(indices, training)) + tf.gather(self.id_embedding, indices)
+        ids = tf.gather(self.id_embedding, indices)
+        if training and self.id_dropout > 0:
+            keep = tf.cast(tf.random.uniform(tf.shape(indices)) >= self.id_dropout, ids.dtype)
+            ids = ids * keep[..., None]
+        return self.projection(self.text_vectors(indices, training)) + ids
 
 
 class SequenceRecommender(keras.Model):
@@ -146,7 +151,7 @@ def build_model(config: TrainConfig, text_vectors: np.ndarray, bert=None, token_
         A compiled SequenceRecommender whose weights exist.
     """
     table = ItemTable(text_vectors, config.dim, id_embedding=config.id_embedding, bert=bert, token_table=token_table,
-                      name="items")  # fmt: skip
+                      id_dropout=config.id_dropout, name="items")  # fmt: skip
     model = SequenceRecommender(config, table, num_sampled_items=text_vectors.shape[0] - 1)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
     dummy = np.zeros((1, 2), dtype="int64")
