@@ -57,8 +57,11 @@ class TrainConfig:
             raise ConfigError(f"learning_rate {self.learning_rate} is outside (0, 1)", hint="try 1e-3")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
-        if not 0 <= self.gbce_t <= 1 or not 0 <= self.dropout < 1 or not 0 <= self.id_dropout <= 1:
-            raise ConfigError("gbce_t must be in [0, 1] and dropout in [0, 1)", hint="check --gbce-t and --dropout")
+        for name, value, upper in (("gbce_t", self.gbce_t, 1.0), ("dropout", self.dropout, 0.999),
+                                   ("id_dropout", self.id_dropout, 1.0)):  # fmt: skip
+            if not 0 <= value <= upper:
+                raise ConfigError(f"{name} must be between 0 and {upper:g}, got {value}",
+                                  hint=f"pass --{name.replace('_', '-')} in that range")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
