@@ -143,3 +143,15 @@ def test_minilm_matches_the_transformers_reference():
     print(f"max |Δ| hidden {worst_hidden:.2e}, pooled {worst_pooled:.2e}")
     assert worst_hidden <= 1e-4
     assert worst_pooled <= 1e-5
+
+
+@requires_minilm
+def test_minilm_is_converted_once_and_reused():
+    from bigrec_cli.hfimport import minilm_checkpoint
+
+    first = minilm_checkpoint()
+    stamp = first.checkpoint_path.with_name("bert_model.ckpt.index").stat().st_mtime_ns
+    second = minilm_checkpoint()
+    assert second.config_path == first.config_path
+    assert second.checkpoint_path.with_name("bert_model.ckpt.index").stat().st_mtime_ns == stamp
+    assert json.loads(first.config_path.read_text())["do_lower_case"] is True
