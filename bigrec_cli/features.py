@@ -25,7 +25,7 @@ from bigrec_cli.bertfiles import (
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir, atomic_temporary, atomic_write_json, commit_temporary
-from bigrec_cli.vectors import load_item_vectors, save_item_vectors
+from bigrec_cli.vectors import save_item_vectors
 
 POOLINGS = ("mean", "cls")
 ProgressCallback = Callable[[int], None]
@@ -268,4 +268,4 @@ def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "
     return summary
 
 
-__all__ = ["BertEncoder", "extract", "default_checkpoint", "write_tiny_checkpoint", "load_item_vectors"]
+__all__ = ["BertEncoder", "extract", "default_checkpoint", "named_checkpoint", "write_tiny_checkpoint"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID
 from bigrec_cli.metrics import CUTOFFS, ranking_report, ranks_of_targets
 from bigrec_cli.scoring import Scorer
 
@@ -102,4 +102,4 @@ def scorer_report(scorer: Scorer, cases: HoldoutCases, max_len: int, cutoffs: tu
 
 
 __all__ = ["PROTOCOL", "HoldoutCases", "indexed_events", "user_sequences", "holdout_cases", "training_windows",
-           "left_pad", "scorer_ranks", "scorer_report", "SPLIT_TEST"]  # fmt: skip
+           "left_pad", "scorer_ranks", "scorer_report"]  # fmt: skip

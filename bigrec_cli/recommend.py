@@ -56,6 +56,19 @@ def load_scorer(run: Run) -> Scorer:
     return Scorer.load(run.directory / names.RUN_SCORER, run.item_ids)
 
 
+def load_live_scorer(project: ProjectDir, run: Run) -> Scorer:
+    """The run's scorer, plus items extracted after it (e.g. new items from feedback), scored from their text.
+
+    Only when the project's item vectors come from the same BERT as the run's; a fine-tuned run's vectors differ.
+    """
+    scorer = load_scorer(run)
+    if project.features_meta_path.exists() and not run.config.get("fine_tune_bert"):
+        meta = read_json(project.features_meta_path)
+        if meta.get("model_key") == run.manifest.get("features_model_key"):
+            scorer.add_items(*load_item_vectors(project.item_vectors_path))
+    return scorer
+
+
 class Recommender:
     """Serves top-K lists from the promoted run and the live behaviour of each user.
 
@@ -67,11 +80,10 @@ class Recommender:
     def __init__(self, project: ProjectDir, run_dir: Path | None = None) -> None:
         self.project = project
         self.run = load_run(run_dir or project.current_run_dir())
-        self.scorer = load_scorer(self.run)
+        self.scorer = load_live_scorer(project, self.run)
         self.max_len = int(self.run.config["max_len"])
         self.store = FeedbackStore(project.feedback_db)
         self._state_cache: dict[bytes, np.ndarray] = {}
-        self._add_extracted_items()
         items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
         self.catalog_items = set(items["item_id"])
         extra = self.store.new_items(exclude=self.catalog_items)
@@ -87,16 +99,6 @@ class Recommender:
         self._spans = dict(zip(users[starts].tolist(), zip(starts.tolist(), stops.tolist()))) if len(users) else {}
         popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
-
-    def _add_extracted_items(self) -> None:
-        """Score items extracted after the run (e.g. new items from feedback) from their text vectors."""
-        if not self.project.features_meta_path.exists():
-            return
-        meta = read_json(self.project.features_meta_path)
-        if meta.get("model_key") != self.run.manifest.get("features_model_key") or self.run.config.get("fine_tune_bert"):
-            return
-        item_ids, vectors = load_item_vectors(self.project.item_vectors_path)
-        self.scorer.add_items(item_ids, vectors)
 
     def history(self, user_id: str) -> list[str]:
         """Return the user's items, oldest first: preprocessed events, then feedback; each item once, at its latest."""

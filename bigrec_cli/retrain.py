@@ -17,8 +17,7 @@ from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir, append_json_line, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
-from bigrec_cli.recommend import load_run, load_scorer
-from bigrec_cli.vectors import load_item_vectors
+from bigrec_cli.recommend import load_live_scorer, load_run
 
 EXIT_PROMOTED, EXIT_REJECTED = 0, 3
 
@@ -52,15 +51,10 @@ def project_lock(project: ProjectDir) -> Iterator[bool]:
         os.close(descriptor)
 
 
-def validation_ndcg(project: ProjectDir, run_dir: Path, rowid: int) -> dict[str, float]:
-    """Score a run on the validation split of today's data (feedback up to `rowid` folded in)."""
+def holdout_reports(project: ProjectDir, run_dir: Path, events) -> dict[str, dict[str, float]]:
+    """Score a run on the validation and test splits of `events` (today's data, feedback folded in)."""
     run = load_run(run_dir)
-    scorer = load_scorer(run)
-    if project.features_meta_path.exists() and read_json(project.features_meta_path).get("model_key") == \
-            run.manifest.get("features_model_key"):  # fmt: skip
-        scorer.add_items(*load_item_vectors(project.item_vectors_path))
-    events = data_module.fold_feedback(data_module.load_events(project),
-                                       FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))  # fmt: skip
+    scorer = load_live_scorer(project, run)
     indexed = indexed_events(events, scorer.item_ids)
     max_len = int(run.config["max_len"])
     return {"valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len),
@@ -119,8 +113,10 @@ def retrain(project: ProjectDir, *, epochs: int | None = None, tolerance: float 
         say("evaluating candidate and current run on the same split")
         clock = time.perf_counter()
         rowid = int(load_run(result.run_dir).manifest["feedback_rowid"])
-        candidate = validation_ndcg(project, result.run_dir, rowid)
-        incumbent = validation_ndcg(project, current_dir, rowid) if current_dir else None
+        events = data_module.fold_feedback(data_module.load_events(project),
+                                           FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))  # fmt: skip
+        candidate = holdout_reports(project, result.run_dir, events)
+        incumbent = holdout_reports(project, current_dir, events) if current_dir else None
         durations["evaluate_s"] = time.perf_counter() - clock
         candidate_score = candidate["valid"]["ndcg@10"]
         current_score = incumbent["valid"]["ndcg@10"] if incumbent else None
