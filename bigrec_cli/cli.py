@@ -173,6 +173,8 @@ def train(
     gbce_t: Annotated[float, typer.Option(help="gBCE calibration t in [0, 1].")] = 0.75,
     dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's input vectors.")] = 0.2,
     id_dropout: Annotated[float, typer.Option(help="Share of item lookups trained without their ID vector.")] = 0.0,
+    weight_average: Annotated[float, typer.Option(
+        help="Decay of the moving average of the weights that validation scores and the run keeps (0: off).")] = 0.99,
     id_embedding: Annotated[bool, typer.Option(help="Add a learned per-item vector to the text vector.")] = True,
     fine_tune_bert: Annotated[bool, typer.Option(help="Train the BERT encoder end to end (small catalogs).")] = False,
     as_json: JsonOption = False,
@@ -184,7 +186,7 @@ def train(
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_len=max_len,
                              lstm_units=lstm_units, dim=dim, negatives=negatives, seed=seed, patience=patience,
                              loss=loss.value, gbce_t=gbce_t, dropout=dropout, id_dropout=id_dropout,
-                             id_embedding=id_embedding,
+                             weight_average=weight_average, id_embedding=id_embedding,
                              fine_tune_bert=fine_tune_bert)  # fmt: skip
         project = ProjectDir(project_dir)
         project.require_features()
@@ -338,6 +340,8 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="BIGREC_TOKEN", help="Require `Authorization: Bearer TOKEN`.",
                                                  show_default=False)] = None,  # fmt: skip
     workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes (each holds the model).")] = 1,
+    warm_users: Annotated[int, typer.Option(min=0, help="Most recent users whose LSTM states are computed before "
+                                            "serving a run (0: none).")] = 20_000,  # fmt: skip
 ) -> None:
     """Serve GET /recommend, POST /feedback and GET /health over HTTP; picks up newly promoted runs by itself."""
     from bigrec_cli import serve as serving
@@ -348,7 +352,7 @@ def serve(
         if host not in serving.LOOPBACK_HOSTS and not token:
             info(f"warning: serving on {host} without --token: anyone who can reach it can read and write")
         info(f"bigrec serving {project.root} on http://{host}:{port} (OpenAPI at /docs)")
-        serving.run(project, host=host, port=port, token=token, workers=workers)
+        serving.run(project, host=host, port=port, token=token, workers=workers, warm_users=warm_users)
 
 
 @app.command()

@@ -30,6 +30,8 @@ class TrainConfig:
         dropout: Dropout on the item vectors the LSTM reads.
         id_dropout: Share of item lookups that drop the learned ID vector during training, so the text path
             learns to stand alone (helps items with no interactions).
+        weight_average: Decay of the moving average of the weights that validation scores and the run keeps;
+            0 keeps the raw weights of the best epoch.
     """
 
     epochs: int = 30
@@ -47,6 +49,7 @@ class TrainConfig:
     gbce_t: float = 0.75
     dropout: float = 0.2
     id_dropout: float = 0.0
+    weight_average: float = 0.99
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
@@ -58,7 +61,7 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
         for name, value, upper in (("gbce_t", self.gbce_t, 1.0), ("dropout", self.dropout, 0.999),
-                                   ("id_dropout", self.id_dropout, 1.0)):  # fmt: skip
+                                   ("id_dropout", self.id_dropout, 1.0), ("weight_average", self.weight_average, 0.9999)):  # fmt: skip
             if not 0 <= value <= upper:
                 raise ConfigError(f"{name} must be between 0 and {upper:g}, got {value}",
                                   hint=f"pass --{name.replace('_', '-')} in that range")  # fmt: skip

@@ -54,12 +54,25 @@ class ItemTable(keras.layers.Layer):
         pooled = tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         return tf.reshape(tf.gather(pooled, position), tf.concat([tf.shape(indices), [self.text_dim]], axis=0))
 
-    def call(self, indices: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+    def lookup(self, indices: "tf.Tensor", training: bool = False) -> tuple["tf.Tensor", "tf.Tensor"]:
+        """Return the item vectors and item biases of indices of any shape.
+
+        With `id_dropout`, a dropped lookup loses both of its learned per-item parts (ID vector and bias), so it
+        looks exactly like an item that never had an interaction: the text path learns to rank those too.
+        """
         ids = tf.gather(self.id_embedding, indices)
+        bias = tf.gather(self.item_bias, indices)
         if training and self.id_dropout > 0:
             keep = tf.cast(tf.random.uniform(tf.shape(indices)) >= self.id_dropout, ids.dtype)
-            ids = ids * keep[..., None]
-        return self.projection(self.text_vectors(indices, training)) + ids
+            ids, bias = ids * keep[..., None], bias * keep
+        if self.bert is None:
+            # Project the whole table once, then look rows up: a batch names each item many times (every
+            # candidate of every position), and projecting per lookup multiplied the work by that count.
+            return tf.gather(self.projection(self.text_table), indices) + ids, bias
+        return self.projection(self.text_vectors(indices, training)) + ids, bias
+
+    def call(self, indices: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        return self.lookup(indices, training)[0]
 
 
 class SequenceRecommender(keras.Model):
@@ -90,9 +103,8 @@ class SequenceRecommender(keras.Model):
 
     def candidate_logits(self, states: "tf.Tensor", candidates: "tf.Tensor", training: bool = False) -> "tf.Tensor":
         """Return logits of (batch, length, num_candidates) candidate items at each position."""
-        vectors = self.items(candidates, training=training)
-        logits = tf.squeeze(self.head(states[:, :, None, :] * vectors), axis=-1)
-        return logits + tf.gather(self.items.item_bias, candidates)
+        vectors, bias = self.items.lookup(candidates, training=training)
+        return tf.squeeze(self.head(states[:, :, None, :] * vectors), axis=-1) + bias
 
     def call(self, inputs, training: bool = False):
         sequences, candidates = inputs
@@ -183,13 +195,25 @@ def export_scorer_arrays(model: SequenceRecommender, batch_size: int = 256) -> d
         "user_bias": model.user_projection.bias.numpy(),
         "head_kernel": model.head.kernel.numpy(),
         "head_bias": model.head.bias.numpy(),
+        "cold_item_bias": np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])], dtype="float32"),
     }
     assert set(arrays) == set(SCORER_ARRAYS)
     return arrays
 
 
+def cold_item_bias(config: TrainConfig, item_bias: np.ndarray) -> float:
+    """Return the bias an item without interactions gets.
+
+    A model trained with `id_dropout` has seen items without their learned parts (bias 0) and learned to rank them
+    from text; otherwise the median bias of the known items is the least surprising value.
+    """
+    if config.id_dropout > 0 or not len(item_bias):
+        return 0.0
+    return float(np.median(item_bias))
+
+
 def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
-    """Make items without training interactions use their text alone: zero ID vector, median item bias.
+    """Make items without training interactions use their text alone: zero ID vector, the cold-item bias.
 
     Their learned parameters only ever saw them as sampled negatives, which says nothing about them.
     """
@@ -201,7 +225,7 @@ def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
     bias = model.items.item_bias.numpy()
     warm = ~cold
     warm[0] = False
-    bias[cold] = np.median(bias[warm]) if warm.any() else 0.0
+    bias[cold] = cold_item_bias(model.config, bias[warm])
     model.items.item_bias.assign(bias)
 
 

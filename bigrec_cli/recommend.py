@@ -17,6 +17,7 @@ from bigrec_cli.vectors import load_item_vectors
 
 MAX_K = 1000
 STATE_CACHE_SIZE = 100_000
+WARM_USERS = 20_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,23 @@ class Recommender:
         popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
 
+    def warm(self, max_users: int = WARM_USERS, batch_size: int = 2048) -> int:
+        """Compute and cache the LSTM states of the most recently active users; return how many.
+
+        The server calls this before it answers with a freshly loaded run, so the first request of each of those
+        users costs one matrix product instead of an LSTM pass. The cache is keyed by the exact sequence, so a user
+        whose behaviour changes later is computed afresh.
+        """
+        if not self._spans:
+            return 0
+        users = list(self._spans)
+        last_seen = self._event_times[[stop - 1 for _, stop in self._spans.values()]]
+        chosen = [users[row] for row in np.argsort(-last_seen, kind="stable")[: min(max_users, STATE_CACHE_SIZE)]]
+        for start in range(0, len(chosen), batch_size):
+            histories = self.histories(chosen[start : start + batch_size])
+            self._user_states(self.scorer.encode_sequences(histories, self.max_len))
+        return len(chosen)
+
     def history(self, user_id: str) -> list[str]:
         """Return the user's items, oldest first: preprocessed events, then feedback; each item once, at its latest."""
         return self.histories([user_id])[0]
@@ -138,9 +156,10 @@ class Recommender:
             sequences = self.scorer.encode_sequences([histories[row] for row in warm], self.max_len)
             states = self._user_states(sequences)
             for start in range(0, len(warm), 512):
+                rows = warm[start : start + 512]
                 logits = self.scorer.logits_from_states(states[start : start + 512])
-                for position, row in enumerate(warm[start : start + 512]):
-                    answers[row] = self._top_k(user_ids[row], histories[row], logits[position], k, exclude_seen)
+                for row, items in zip(rows, self._top_k(logits, [histories[row] for row in rows], k, exclude_seen)):
+                    answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
                 seen = set(histories[row]) if exclude_seen else set()
@@ -169,17 +188,23 @@ class Recommender:
                 self._state_cache[keys[position]] = state
         return np.stack(cached)
 
-    def _top_k(self, user_id: str, history: list[str], logits: np.ndarray, k: int, exclude_seen: bool) -> dict:
+    def _top_k(self, logits: np.ndarray, histories: list[list[str]], k: int, exclude_seen: bool) -> list[list[dict]]:
+        """Return the answer items of each row of (users, items) logits, for all rows at once."""
         if exclude_seen:
-            seen = [self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
-            logits[seen] = -np.inf
-        top = np.argpartition(-logits, min(k, len(logits) - 1))[:k]
-        top = top[np.argsort(-logits[top], kind="stable")]
-        top = top[np.isfinite(logits[top])]
-        probabilities = sigmoid(logits[top])
-        items = [self._item(rank, self.scorer.item_ids[column], float(probability))
-                 for rank, (column, probability) in enumerate(zip(top, probabilities), start=1)]  # fmt: skip
-        return {"user_id": user_id, "cold_start": False, "items": items}
+            seen = [[self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
+                    for history in histories]  # fmt: skip
+            rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
+            logits[rows, np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))] = -np.inf
+        top = np.argpartition(-logits, min(k, logits.shape[1] - 1), axis=1)[:, :k]
+        values = np.take_along_axis(logits, top, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+        probabilities = sigmoid(values)
+        item_ids = self.scorer.item_ids
+        return [[self._item(rank, item_ids[column], float(probability))
+                 for rank, (column, value, probability) in enumerate(zip(top_row, value_row, probability_row), start=1)
+                 if np.isfinite(value)]
+                for top_row, value_row, probability_row in zip(top, values, probabilities)]  # fmt: skip
 
     def _item(self, rank: int, item_id: str, score: float | None) -> dict:
         return {"rank": rank, "item_id": item_id, "title": self.titles.get(item_id, ""), "score": score}

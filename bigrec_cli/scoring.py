@@ -14,8 +14,10 @@ from bigrec_cli.vectors import load_arrays
 
 SCORER_ARRAYS = (
     "text_vectors", "projection_kernel", "projection_bias", "id_embedding", "item_bias", "lstm_kernel",
-    "lstm_recurrent_kernel", "lstm_bias", "user_kernel", "user_bias", "head_kernel", "head_bias",
+    "lstm_recurrent_kernel", "lstm_bias", "user_kernel", "user_bias", "head_kernel", "head_bias", "cold_item_bias",
 )  # fmt: skip
+# Arrays a run written by an earlier version may lack, with how to stand in for them.
+OPTIONAL_ARRAYS = {"cold_item_bias": lambda arrays: np.median(arrays["item_bias"][1:], keepdims=True)}
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
@@ -31,6 +33,10 @@ class Scorer:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], item_ids: list[str]) -> None:
+        arrays = dict(arrays)
+        for name, stand_in in OPTIONAL_ARRAYS.items():
+            if name not in arrays:
+                arrays[name] = stand_in(arrays)
         self.arrays = {name: np.asarray(arrays[name], dtype="float32") for name in SCORER_ARRAYS}
         self.item_ids = list(item_ids)
         self.index_of = {item_id: index + 1 for index, item_id in enumerate(self.item_ids)}
@@ -61,7 +67,7 @@ class Scorer:
         if not fresh:
             return
         a = self.arrays
-        cold_bias = np.median(a["item_bias"][1:]) if len(a["item_bias"]) > 1 else 0.0
+        cold_bias = float(a["cold_item_bias"][0])
         a["text_vectors"] = np.concatenate([a["text_vectors"], text_vectors[fresh].astype("float32")])
         a["id_embedding"] = np.concatenate([a["id_embedding"], np.zeros((len(fresh), a["id_embedding"].shape[1]), "float32")])
         a["item_bias"] = np.concatenate([a["item_bias"], np.full(len(fresh), cold_bias, "float32")])

@@ -7,6 +7,7 @@ one assignment, so requests in flight finish on the old one and none fails.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import os
@@ -23,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 import bigrec_cli
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir
-from bigrec_cli.recommend import MAX_K, Recommender
+from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -56,11 +57,12 @@ class ModelWatcher:
         poll_seconds: How often to look.
     """
 
-    def __init__(self, project: ProjectDir, poll_seconds: float = 1.0) -> None:
+    def __init__(self, project: ProjectDir, poll_seconds: float = 1.0, warm_users: int = WARM_USERS) -> None:
         self.project = project
         self.poll_seconds = poll_seconds
+        self.warm_users = warm_users
         generation = _generation(project)
-        self.state = ServingState(Recommender(project), generation)
+        self.state = ServingState(self._load(), generation)
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,13 +73,22 @@ class ModelWatcher:
         if generation == self.state.generation:
             return False
         try:
-            fresh = Recommender(self.project)
+            fresh = self._load()
         except Exception as error:  # a damaged or half-promoted run must not take the server down
             self.last_error = f"{type(error).__name__}: {error}"
             return False
         self.state = ServingState(fresh, generation)
         self.last_error = None
+        gc.collect()  # the previous model's objects, then keep the new one out of the collector's way
+        gc.freeze()
         return True
+
+    def _load(self) -> Recommender:
+        """A recommender for the project's current run, its most recent users' states computed (see `warm`)."""
+        recommender = Recommender(self.project)
+        if self.warm_users:
+            recommender.warm(self.warm_users)
+        return recommender
 
     def start(self) -> None:
         def loop() -> None:
@@ -92,7 +103,7 @@ class ModelWatcher:
 
 
 def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: float = 1.0,
-               max_body_bytes: int = MAX_BODY_BYTES, watch: bool = True) -> FastAPI:  # fmt: skip
+               max_body_bytes: int = MAX_BODY_BYTES, watch: bool = True, warm_users: int = WARM_USERS) -> FastAPI:  # fmt: skip
     """Build the ASGI app.
 
     Args:
@@ -101,8 +112,9 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
         poll_seconds: How often to look for a newly promoted run.
         max_body_bytes: Largest accepted request body.
         watch: Start the background watcher (tests may call `app.state.watcher.check()` instead).
+        warm_users: How many of the most recently active users get their LSTM state computed before a run serves.
     """
-    watcher = ModelWatcher(project, poll_seconds)
+    watcher = ModelWatcher(project, poll_seconds, warm_users)
     store = FeedbackStore(project.feedback_db)
 
     @asynccontextmanager
@@ -117,13 +129,11 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
     app.state.watcher = watcher
 
     def authorize(authorization: str = Header("", include_in_schema=False)) -> None:
-        if not token:
-            return
         supplied = authorization[7:] if authorization.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(supplied.encode(), token.encode()):
+        if not hmac.compare_digest(supplied.encode(), str(token).encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    guarded = [Depends(authorize)]
+    guarded = [Depends(authorize)] if token else []
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -178,19 +188,41 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
 
 
 def app_from_environment() -> FastAPI:
-    """App factory for uvicorn worker processes: the project and token come from the environment."""
-    return create_app(ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])), token=os.environ.get("BIGREC_TOKEN") or None)
+    """App factory for uvicorn worker processes: the project, token and warm-up size come from the environment."""
+    app = create_app(ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])), token=os.environ.get("BIGREC_TOKEN") or None,
+                     warm_users=int(os.environ.get("BIGREC_WARM_USERS", WARM_USERS)))  # fmt: skip
+    tune_process_for_serving()
+    return app
+
+
+def tune_process_for_serving() -> None:
+    """Settings for a process that answers many small requests, each a few milliseconds of numpy.
+
+    - One BLAS thread: a request multiplies a (1, dim) user vector by the item matrix, too little work to share
+      out, and a pool of spinning BLAS threads competes with the event loop for the cores (on 2 cores it doubled
+      the time of the item-matrix product under load; see bench/NOTES.md).
+    - `gc.freeze()` once the model is loaded: the long-lived objects move out of the collector's sight, so a full
+      collection no longer walks the catalog's dicts and lists in the middle of a request.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    gc.collect()
+    gc.freeze()
 
 
 def run(project: ProjectDir, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-        workers: int = 1) -> None:  # fmt: skip
+        workers: int = 1, warm_users: int = WARM_USERS) -> None:  # fmt: skip
     """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port."""
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(project, token=token), host=host, port=port, log_level="warning", access_log=False)
+        app = create_app(project, token=token, warm_users=warm_users)
+        tune_process_for_serving()
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
     os.environ["BIGREC_PROJECT_DIR"] = str(project.root)
+    os.environ["BIGREC_WARM_USERS"] = str(warm_users)
     if token:
         os.environ["BIGREC_TOKEN"] = token
     uvicorn.run("bigrec_cli.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,

@@ -201,12 +201,3 @@ def test_report_curves_by_hand():
     assert hr[0] == 0.5 and hr[2] == 1.0
     ndcg = curve(ranks, "ndcg")
     assert ndcg[0] == pytest.approx(0.5) and ndcg[2] == pytest.approx((1 + 0.5) / 2)
-
-
-def test_id_dropout_trains_and_rejects_bad_values(trained_copy):
-    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--id-dropout", "0.5", "--json")
-    assert result.exit_code == 0, result.stderr
-    run_dir = trained_copy / "runs" / json.loads(result.stdout)["run_id"]
-    assert json.loads((run_dir / "config.json").read_text())["id_dropout"] == 0.5
-    bad = invoke("train", "--project-dir", str(trained_copy), "--id-dropout", "1.5")
-    assert bad.exit_code == 1 and "id_dropout" in bad.stderr

@@ -24,11 +24,29 @@ def cli_answer(project, user, k=10):
     return json.loads(result.stdout)
 
 
+def assert_same_answer(served, cli):
+    """Same user, items, ranks and titles; scores equal to float32 precision.
+
+    The server computes its users' LSTM states in one batch before serving, the CLI one user at a time, so the
+    last bits of a score may differ (BLAS sums in another order).
+    """
+    def without_scores(answer):
+        return {**answer, "items": [{**item, "score": None} for item in answer["items"]]}
+
+    assert without_scores(served) == without_scores(cli)
+    for served_item, cli_item in zip(served["items"], cli["items"]):
+        if cli_item["score"] is None:  # popular items for a user without behaviour carry no score
+            assert served_item["score"] is None
+        else:
+            assert served_item["score"] == pytest.approx(cli_item["score"], rel=1e-5, abs=1e-7)
+
+
 def test_serve_answers_equal_the_cli(client, trained_copy):
+    assert client.app.state.watcher.state.recommender._state_cache, "the server computed its users' states"
     for user in ("u0007", "u0100", "nobody"):
         response = client.get("/recommend", params={"user": user, "k": 10})
         assert response.status_code == 200
-        assert response.json() == cli_answer(trained_copy, user)
+        assert_same_answer(response.json(), cli_answer(trained_copy, user))
 
 
 def test_feedback_over_http_changes_the_next_answer(client, trained_copy):
@@ -40,7 +58,7 @@ def test_feedback_over_http_changes_the_next_answer(client, trained_copy):
     assert response.json()["num_accepted"] == 4
     after = client.get("/recommend", params={"user": "u0007"}).json()
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
-    assert after == cli_answer(trained_copy, "u0007"), "CLI and server read the same store"
+    assert_same_answer(after, cli_answer(trained_copy, "u0007"))  # CLI and server read the same store
     again = client.post("/feedback", json=events).json()
     assert (again["num_accepted"], again["num_duplicates"]) == (0, 4)
 
@@ -167,3 +185,39 @@ def test_real_server_process_serves_on_loopback(trained_project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serving_process_uses_one_blas_thread_and_freezes_the_loaded_model():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import gc, json\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from bigrec_cli.serve import tune_process_for_serving\n"
+        "tune_process_for_serving()\n"
+        "print(json.dumps({'threads': [pool['num_threads'] for pool in threadpool_info()],"
+        " 'frozen': gc.get_freeze_count()}))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    report = json.loads(output)
+    assert report["threads"] and set(report["threads"]) == {1}
+    assert report["frozen"] > 0
+
+
+def test_warmed_states_and_batch_answers_match_one_user_at_a_time(trained_project):
+    from bigrec_cli.recommend import Recommender
+
+    project = ProjectDir(trained_project)
+    warmed, plain = Recommender(project), Recommender(project)
+    users = list(plain._spans)
+    assert warmed.warm(max_users=len(users) - 1) == len(users) - 1
+    assert len(warmed._state_cache) >= 1 and not plain._state_cache
+    sample = users[:25] + ["nobody"]
+    one_by_one = [plain.recommend(user) for user in sample]
+    for served, expected in zip(warmed.recommend_many(sample), one_by_one):
+        assert_same_answer(served, expected)
+    for served, expected in zip(Recommender(project).recommend_many(sample, k=7), [plain.recommend(u, k=7) for u in sample]):
+        assert_same_answer(served, expected)

@@ -1,0 +1,98 @@
+"""Training details: the moving average of the weights, and how items without interactions are scored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bigrec_cli.project import ProjectDir
+from tests.conftest import invoke
+
+
+def test_weight_average_follows_its_formula_and_restores_raw_weights():
+    from bigrec_cli.backend import keras
+    from bigrec_cli.train import WeightAverage
+
+    model = keras.Sequential([keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", input_shape=(1,))])
+    average = WeightAverage(decay=0.2)
+    average.set_model(model)
+    average.on_train_begin()
+    kernel = model.layers[0].kernel
+    kernel.assign([[3.0]])
+    average.on_train_batch_end(0)
+    # step 1: decay = min(0.2, 2/11) = 2/11, from the initial weight 1
+    first = 2 / 11 * 1.0 + 9 / 11 * 3.0
+    assert average.shadows[0].numpy()[0, 0] == pytest.approx(first)
+    kernel.assign([[5.0]])
+    average.on_train_batch_end(1)
+    # step 2: decay = min(0.2, 3/12) = 0.2
+    second = 0.2 * first + 0.8 * 5.0
+    assert average.shadows[0].numpy()[0, 0] == pytest.approx(second)
+    with average.applied():
+        assert kernel.numpy()[0, 0] == pytest.approx(second)
+    assert kernel.numpy()[0, 0] == 5.0
+
+
+@pytest.mark.parametrize(("option", "good", "bad"), [("weight-average", "0", "1"), ("id-dropout", "0.5", "1.5")])
+def test_training_option_is_saved_and_checked(trained_copy, option, good, bad):
+    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", f"--{option}", good, "--json")
+    assert result.exit_code == 0, result.stderr
+    run_dir = trained_copy / "runs" / json.loads(result.stdout)["run_id"]
+    name = option.replace("-", "_")
+    assert json.loads((run_dir / "config.json").read_text())[name] == float(good)
+    refused = invoke("train", "--project-dir", str(trained_copy), f"--{option}", bad)
+    assert refused.exit_code == 1 and name in refused.stderr
+
+
+def test_dropped_lookup_loses_id_vector_and_bias():
+    from bigrec_cli.backend import tf
+    from bigrec_cli.config import TrainConfig
+    from bigrec_cli.model import build_model
+
+    rng = np.random.default_rng(0)
+    text = np.concatenate([np.zeros((1, 8)), rng.normal(size=(5, 8))]).astype("float32")
+    model = build_model(TrainConfig(dim=4, id_dropout=1.0), text)
+    items = model.items
+    items.id_embedding.assign(rng.normal(size=items.id_embedding.shape).astype("float32"))
+    items.item_bias.assign(np.arange(6, dtype="float32"))
+    indices = tf.constant([[1, 2, 3]])
+    text_only = items.projection(tf.gather(items.text_table, indices)).numpy()
+    dropped_vectors, dropped_bias = items.lookup(indices, training=True)
+    np.testing.assert_allclose(dropped_vectors.numpy(), text_only, atol=1e-6)
+    assert dropped_bias.numpy().tolist() == [[0.0, 0.0, 0.0]]
+    vectors, bias = items.lookup(indices, training=False)
+    np.testing.assert_allclose(vectors.numpy(), text_only + items.id_embedding.numpy()[[1, 2, 3]][None], atol=1e-6)
+    assert bias.numpy().tolist() == [[1.0, 2.0, 3.0]]
+
+
+@pytest.mark.parametrize(("id_dropout", "expect_zero"), [(0.0, False), (0.5, True)])
+def test_items_without_interactions_get_the_cold_bias(trained_copy, id_dropout, expect_zero):
+    from bigrec_cli.recommend import load_run, load_scorer
+    from bigrec_cli.vectors import load_arrays
+
+    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--id-dropout", str(id_dropout),
+                    "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    run = load_run(ProjectDir(trained_copy).current_run_dir())
+    arrays = load_arrays(run.directory / "scorer.npz")
+    expected = 0.0 if expect_zero else float(np.median(arrays["item_bias"][1:]))
+    assert arrays["cold_item_bias"][0] == pytest.approx(expected, abs=1e-6)
+    scorer = load_scorer(run)
+    scorer.add_items(["brand-new"], np.ones((1, arrays["text_vectors"].shape[1]), "float32"))
+    assert scorer.arrays["item_bias"][-1] == pytest.approx(expected, abs=1e-6)
+    assert not scorer.arrays["id_embedding"][-1].any()
+
+
+def test_scorer_reads_runs_written_before_the_cold_bias_existed(trained_project):
+    from bigrec_cli.recommend import load_run
+    from bigrec_cli.scoring import Scorer
+    from bigrec_cli.vectors import load_arrays
+
+    run = load_run(ProjectDir(trained_project).current_run_dir())
+    arrays = load_arrays(run.directory / "scorer.npz")
+    older = {name: value for name, value in arrays.items() if name != "cold_item_bias"}
+    scorer = Scorer(older, run.item_ids)
+    assert scorer.arrays["cold_item_bias"][0] == pytest.approx(np.median(arrays["item_bias"][1:]))
+    np.testing.assert_allclose(scorer.logits(np.array([[0, 1, 2]])), Scorer(arrays, run.item_ids).logits(np.array([[0, 1, 2]])))
