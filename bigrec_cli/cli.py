@@ -167,6 +167,7 @@ def train(
     lstm_units: Annotated[int, typer.Option(min=1, help="LSTM units.")] = 128,
     dim: Annotated[int, typer.Option(min=1, help="Item/user vector size.")] = 64,
     negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive.")] = 16,
+    negative_sampling: Annotated[str, typer.Option(help="uniform, or popularity (∝ training count^0.75).")] = "uniform",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without better validation NDCG@10 before stopping.")] = 5,
     loss: Annotated[Loss, typer.Option(help="bce, or gbce (calibrated for sampled negatives).")] = Loss.bce,
@@ -184,7 +185,8 @@ def train(
 
     with user_errors():
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_len=max_len,
-                             lstm_units=lstm_units, dim=dim, negatives=negatives, seed=seed, patience=patience,
+                             lstm_units=lstm_units, dim=dim, negatives=negatives, negative_sampling=negative_sampling,
+                             seed=seed, patience=patience,
                              loss=loss.value, gbce_t=gbce_t, dropout=dropout, id_dropout=id_dropout,
                              weight_average=weight_average, id_embedding=id_embedding,
                              fine_tune_bert=fine_tune_bert)  # fmt: skip

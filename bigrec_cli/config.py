@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from bigrec_cli.errors import ConfigError
 
 LOSSES = ("bce", "gbce")
+NEGATIVE_SAMPLINGS = ("uniform", "popularity")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class TrainConfig:
         lstm_units: LSTM state size.
         dim: Size of the item and user vectors the sigmoid head compares.
         negatives: Sampled negative items per positive (per position).
+        negative_sampling: `uniform` over the catalog, or `popularity` (∝ training count^0.75, as word2vec): harder
+            negatives, so popularity alone earns less of the score.
         seed: Seeds numpy, Python and TensorFlow; same data + same seed gives the same metrics on CPU.
         patience: Epochs without a better validation NDCG@10 before stopping.
         id_embedding: Add a learned per-item vector to the projected BERT vector (cold items use text alone).
@@ -41,6 +44,7 @@ class TrainConfig:
     lstm_units: int = 128
     dim: int = 64
     negatives: int = 16
+    negative_sampling: str = "uniform"
     seed: int = 0
     patience: int = 5
     id_embedding: bool = True
@@ -58,6 +62,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", hint=f"pass --{name.replace('_', '-')} 1 or more")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate {self.learning_rate} is outside (0, 1)", hint="try 1e-3")
+        if self.negative_sampling not in NEGATIVE_SAMPLINGS:
+            raise ConfigError(f"unknown negative sampling {self.negative_sampling!r}",
+                              hint=f"use one of {', '.join(NEGATIVE_SAMPLINGS)}")  # fmt: skip
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
         for name, value, upper in (("gbce_t", self.gbce_t, 1.0), ("dropout", self.dropout, 0.999),

@@ -53,6 +53,10 @@ class WindowBatches(keras.utils.Sequence):
     def __init__(self, inputs: np.ndarray, targets: np.ndarray, config: TrainConfig, num_items: int) -> None:
         super().__init__()
         self.inputs, self.targets, self.config, self.num_items = inputs, targets, config, num_items
+        self.cumulative = None
+        if config.negative_sampling == "popularity":
+            weights = np.bincount(targets.ravel(), minlength=num_items + 1)[1:].astype("float64") ** 0.75
+            self.cumulative = np.cumsum(weights / weights.sum())
         self.epoch = 0
         self.order = self._order()
 
@@ -69,7 +73,11 @@ class WindowBatches(keras.utils.Sequence):
         # Windows are left-padded: drop the columns that are padding in every row of this batch.
         first = int(np.argmax(inputs.any(axis=0))) if inputs.any() else 0
         inputs, targets = inputs[:, first:], targets[:, first:]
-        negatives = rng.integers(1, self.num_items + 1, size=(*targets.shape, self.config.negatives))
+        shape = (*targets.shape, self.config.negatives)
+        if self.cumulative is None:
+            negatives = rng.integers(1, self.num_items + 1, size=shape)
+        else:
+            negatives = np.minimum(np.searchsorted(self.cumulative, rng.random(shape), side="right"), self.num_items - 1) + 1
         return {"sequences": inputs, "targets": targets, "negatives": negatives}
 
     def on_epoch_end(self) -> None:

@@ -96,3 +96,22 @@ def test_scorer_reads_runs_written_before_the_cold_bias_existed(trained_project)
     scorer = Scorer(older, run.item_ids)
     assert scorer.arrays["cold_item_bias"][0] == pytest.approx(np.median(arrays["item_bias"][1:]))
     np.testing.assert_allclose(scorer.logits(np.array([[0, 1, 2]])), Scorer(arrays, run.item_ids).logits(np.array([[0, 1, 2]])))
+
+
+def test_popularity_negatives_follow_training_counts():
+    from bigrec_cli.config import TrainConfig
+    from bigrec_cli.train import WindowBatches
+
+    # Item 1 is a target 8 times, item 2 once, item 3 never: weights 8^0.75 : 1 : 0.
+    targets = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 2, 0]])
+    inputs = np.ones_like(targets)
+    config = TrainConfig(negatives=2000, negative_sampling="popularity", batch_size=1)
+    negatives = WindowBatches(inputs, targets, config, num_items=3)[0]["negatives"]
+    counts = np.bincount(negatives.ravel(), minlength=4)
+    assert counts[0] == 0 and counts[3] == 0, "never padding, never an item without training events"
+    share = counts[1] / counts[1:].sum()
+    assert share == pytest.approx(8**0.75 / (8**0.75 + 1), abs=0.01)
+    uniform = WindowBatches(inputs, targets, TrainConfig(negatives=2000, batch_size=1), num_items=3)[0]["negatives"]
+    assert set(np.unique(uniform)) == {1, 2, 3}
+    bad = invoke("train", "--negative-sampling", "zipf")
+    assert bad.exit_code == 1 and "negative sampling" in bad.stderr
