@@ -103,7 +103,7 @@ def extract(
                                       "(all-MiniLM-L6-v2), tiny (the test model), or auto (minilm if installed).")] = "auto",
     pooling: Annotated[Pooling, typer.Option(help="Mean of the last layer, or the [CLS] vector.")] = Pooling.mean,
     max_length: Annotated[int, typer.Option(min=4, max=512, help="Tokens per item text.")] = 128,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most texts per forward pass (texts are grouped by length).")] = 128,
     as_json: JsonOption = False,
 ) -> None:
     """Encode each item's text with BERT (cached: a rerun encodes only new or changed items)."""

@@ -28,6 +28,7 @@ from bigrec_cli.project import ProjectDir, atomic_temporary, atomic_write_json, 
 from bigrec_cli.vectors import save_item_vectors
 
 POOLINGS = ("mean", "cls")
+BATCH_SIZE = 128
 ProgressCallback = Callable[[int], None]
 
 
@@ -153,21 +154,48 @@ class BertEncoder:
         mask = tf.cast(tf.not_equal(token_ids, 0), hidden.dtype)[:, :, None]
         return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
-    def encode(self, texts: list[str], batch_size: int = 64, on_progress: ProgressCallback | None = None) -> np.ndarray:
-        """Return a (len(texts), dim) float32 matrix, batching texts of similar length together."""
-        token_lists = self.tokenize(texts)
-        vectors = np.zeros((len(texts), self.dim), dtype="float32")
-        order = np.argsort([len(tokens) for tokens in token_lists], kind="stable")
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(token_lists[index]) for index in batch)
-            token_ids = np.zeros((len(batch), width), dtype="int32")
+    def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, on_progress: ProgressCallback | None = None
+               ) -> np.ndarray:  # fmt: skip
+        """Return a (len(texts), dim) float32 matrix.
+
+        Each distinct text runs through BERT once. Texts are sorted by token count and cut into batches of at most
+        `batch_size` whose padding stays under 2% of their tokens (`length_batches`), so BERT computes almost only
+        real tokens. `on_progress` counts the texts of `texts` that got their vector.
+        """
+        distinct = list(dict.fromkeys(texts))
+        row_of = {text: row for row, text in enumerate(distinct)}
+        copies = np.bincount([row_of[text] for text in texts], minlength=len(distinct))
+        token_lists = self.tokenize(distinct)
+        encoded = np.zeros((len(distinct), self.dim), dtype="float32")
+        for batch in length_batches([len(tokens) for tokens in token_lists], batch_size):
+            token_ids = np.zeros((len(batch), len(token_lists[batch[-1]])), dtype="int32")
             for row, index in enumerate(batch):
                 token_ids[row, : len(token_lists[index])] = token_lists[index]
-            vectors[batch] = self._encode(token_ids, np.zeros_like(token_ids)).numpy()
+            encoded[batch] = self._encode(token_ids, np.zeros_like(token_ids)).numpy()
             if on_progress is not None:
-                on_progress(len(batch))
-        return vectors
+                on_progress(int(copies[batch].sum()))
+        return encoded[[row_of[text] for text in texts]]
+
+
+def length_batches(lengths: list[int], batch_size: int, max_padding: float = 0.02) -> list[np.ndarray]:
+    """Cut indices sorted by length into batches of at most `batch_size`, each padded by at most `max_padding`.
+
+    A batch grows while its rows × longest length stays within (1 + max_padding) × its real token count, so texts
+    of one length share a batch and lengths that differ a little may join, but short texts never wait on long ones.
+    Each batch lists its indices shortest first (its last one is its longest).
+    """
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start, tokens = 0, 0
+    for position, index in enumerate(order):
+        length, rows = lengths[index], position - start
+        if rows and (rows >= batch_size or length * (rows + 1) > (1 + max_padding) * (tokens + length)):
+            batches.append(order[start:position])
+            start, tokens = position, 0
+        tokens += length
+    if len(order):
+        batches.append(order[start:])
+    return batches
 
 
 def text_hash(text: str) -> str:
@@ -200,7 +228,7 @@ def catalog_texts(project: ProjectDir) -> pd.DataFrame:
 
 
 def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "mean", max_length: int = 128,
-            batch_size: int = 64, on_start: Callable[[int], None] | None = None,
+            batch_size: int = BATCH_SIZE, on_start: Callable[[int], None] | None = None,
             on_progress: ProgressCallback | None = None) -> ExtractSummary:  # fmt: skip
     """Encode every catalog item's text once per model and write `features/item_vectors.npz`.
 
@@ -209,7 +237,7 @@ def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "
         checkpoint: The BERT to run.
         pooling: `mean` or `cls`.
         max_length: Tokens per item text.
-        batch_size: Texts per forward pass.
+        batch_size: Most texts per forward pass.
         on_start: Called with the number of texts to encode, before encoding.
         on_progress: Called with the number of texts just encoded.
 

@@ -37,6 +37,29 @@ def test_chinese_text_is_tokenized_per_character(chinese_bert):
     assert vectors.shape == (3, 64) and np.allclose(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
 
 
+def test_length_batches_by_hand():
+    from bigrec_cli.features import length_batches
+
+    lengths = [10, 3, 4, 3, 10, 3]  # sorted: 3 3 3 (rows 1 3 5), 4 (row 2), 10 10 (rows 0 4)
+    as_lists = [batch.tolist() for batch in length_batches(lengths, batch_size=4)]
+    # 3 3 3 + 4 would pad 4×4 = 16 > 1.02 × 13 tokens; 4 + 10 would pad 20 > 1.02 × 14
+    assert as_lists == [[1, 3, 5], [2], [0, 4]]
+    # up to 50% padding: 16 ≤ 1.5 × 13 joins the 4; the cap of 4 rows starts a new batch
+    assert [batch.tolist() for batch in length_batches(lengths, batch_size=4, max_padding=0.5)] == [[1, 3, 5, 2], [0, 4]]
+    assert [batch.tolist() for batch in length_batches(lengths, batch_size=2)] == [[1, 3], [5], [2], [0, 4]]
+    assert length_batches([], batch_size=4) == []
+
+
+def test_encode_is_the_same_whatever_the_batching(chinese_bert):
+    from bigrec_cli.features import BertEncoder
+
+    encoder = BertEncoder(chinese_bert, max_length=32)
+    texts = ["推荐", "推荐系统", "电影", "美食旅游推荐系统", "推荐", "旅游"]
+    alone = np.concatenate([encoder.encode([text]) for text in texts])
+    np.testing.assert_allclose(encoder.encode(texts, batch_size=2), alone, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode(texts, batch_size=128), alone, atol=1e-5)
+
+
 def test_chinese_catalog_extracts_end_to_end(chinese_bert, project, tmp_path):
     items = tmp_path / "items.csv"
     items.write_text("item_id,title\na,推荐系统\nb,电影音乐\nc,美食旅游\n", encoding="utf-8")
