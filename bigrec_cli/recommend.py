@@ -195,7 +195,8 @@ class Recommender:
                     for history in histories]  # fmt: skip
             rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
             logits[rows, np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))] = -np.inf
-        top = np.argpartition(-logits, min(k, logits.shape[1] - 1), axis=1)[:, :k]
+        keep = min(k, logits.shape[1])
+        top = np.argpartition(logits, logits.shape[1] - keep, axis=1)[:, logits.shape[1] - keep :]
         values = np.take_along_axis(logits, top, axis=1)
         order = np.argsort(-values, axis=1, kind="stable")
         top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)

@@ -87,27 +87,50 @@ class Scorer:
         """
         a = self.arrays
         units = a["lstm_recurrent_kernel"].shape[0]
-        num_users = sequences.shape[0]
+        num_users, length = sequences.shape
         hidden = np.zeros((num_users, units), dtype="float32")
         cell = np.zeros((num_users, units), dtype="float32")
-        # Left padding: skip the leading columns that are padding for every user.
-        active_columns = np.flatnonzero(sequences.any(axis=0))
-        if not len(active_columns):
-            return hidden @ a["user_kernel"] + a["user_bias"]
-        sequences = sequences[:, active_columns[0] :]
+        present = sequences > 0
+        starts = np.where(present.any(axis=1), np.argmax(present, axis=1), length)
+        if not present[np.arange(length)[None, :] >= starts[:, None]].all():
+            return self._user_states_with_gaps(sequences)
+        # Rows sorted by where their sequence starts: at each step the rows already started are a prefix, so
+        # the step runs on that prefix only (no work, no masking for rows still in their padding).
+        order = np.argsort(starts, kind="stable")
+        sorted_starts, rows = starts[order], sequences[order]
         recurrent = a["lstm_recurrent_kernel"]
+        for step in range(int(sorted_starts[0]) if num_users else length, length):
+            active = int(np.searchsorted(sorted_starts, step, side="right"))
+            gates = self.input_gates[rows[:active, step]]
+            gates += hidden[:active] @ recurrent
+            self._lstm_step(gates, hidden[:active], cell[:active], units)
+        states = np.empty_like(hidden)
+        states[order] = hidden
+        return states @ a["user_kernel"] + a["user_bias"]
+
+    @staticmethod
+    def _lstm_step(gates: np.ndarray, hidden: np.ndarray, cell: np.ndarray, units: int) -> None:
+        """One Keras LSTM step (gate order i, f, c, o; sigmoid and tanh), updating hidden and cell in place."""
+        input_forget = sigmoid(gates[:, : 2 * units])
+        candidate = np.tanh(gates[:, 2 * units : 3 * units])
+        output = sigmoid(gates[:, 3 * units :])
+        cell *= input_forget[:, units:]
+        cell += input_forget[:, :units] * candidate
+        np.multiply(output, np.tanh(cell), out=hidden)
+
+    def _user_states_with_gaps(self, sequences: np.ndarray) -> np.ndarray:
+        """The same LSTM for rows with padding inside them: a padded step leaves that row's state as it was."""
+        a = self.arrays
+        units = a["lstm_recurrent_kernel"].shape[0]
+        hidden = np.zeros((len(sequences), units), dtype="float32")
+        cell = np.zeros((len(sequences), units), dtype="float32")
         for step in range(sequences.shape[1]):
             active = sequences[:, step] > 0
-            gates = self.input_gates[sequences[:, step]] + hidden @ recurrent
-            sigmoid_gates = sigmoid(gates)
-            new_cell = sigmoid_gates[:, units : 2 * units] * cell + sigmoid_gates[:, :units] * np.tanh(
-                gates[:, 2 * units : 3 * units])  # fmt: skip
-            new_hidden = sigmoid_gates[:, 3 * units :] * np.tanh(new_cell)
-            if active.all():
-                cell, hidden = new_cell, new_hidden
-            else:
-                cell = np.where(active[:, None], new_cell, cell)
-                hidden = np.where(active[:, None], new_hidden, hidden)
+            new_hidden, new_cell = hidden.copy(), cell.copy()
+            gates = self.input_gates[sequences[:, step]] + hidden @ a["lstm_recurrent_kernel"]
+            self._lstm_step(gates, new_hidden, new_cell, units)
+            hidden = np.where(active[:, None], new_hidden, hidden)
+            cell = np.where(active[:, None], new_cell, cell)
         return hidden @ a["user_kernel"] + a["user_bias"]
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:

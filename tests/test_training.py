@@ -115,3 +115,17 @@ def test_popularity_negatives_follow_training_counts():
     assert set(np.unique(uniform)) == {1, 2, 3}
     bad = invoke("train", "--negative-sampling", "zipf")
     assert bad.exit_code == 1 and "negative sampling" in bad.stderr
+
+
+def test_scorer_treats_inner_padding_like_keras_masking(trained_project):
+    """Rows with padding inside them take the general path: a padded step keeps the state, as Keras' mask does."""
+    from bigrec_cli.recommend import load_run, load_scorer
+
+    scorer = load_scorer(load_run(ProjectDir(trained_project).current_run_dir()))
+    gapped = np.array([[0, 3, 0, 5, 7], [0, 0, 4, 0, 2]])
+    packed = np.array([[0, 0, 3, 5, 7], [0, 0, 0, 4, 2]])
+    np.testing.assert_allclose(scorer.user_states(gapped), scorer.user_states(packed), atol=1e-6)
+    # each row alone gives the same state as in a batch, whatever the other rows' lengths
+    mixed = np.array([[0, 0, 0, 0, 9], [1, 2, 3, 4, 5], [0, 0, 6, 7, 8]])
+    alone = np.concatenate([scorer.user_states(row[None]) for row in mixed])
+    np.testing.assert_allclose(scorer.user_states(mixed), alone, atol=1e-6)
