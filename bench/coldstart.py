@@ -18,12 +18,12 @@ cold), ranked the same way. Writes bench/results/coldstart-ml100k.json.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
+from results_io import protocol, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -108,11 +108,9 @@ def main() -> None:
         "id_dropout": ID_DROPOUT,
         "negative_sampling": NEGATIVE_SAMPLING,
         "cpu_count": os.cpu_count(),
-        "protocol": __doc__.strip().split("\n", 2)[2],
+        "protocol": protocol(__doc__),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(output, indent=2) + "\n")
-    print(json.dumps({key: value for key, value in output.items() if key != "protocol"}, indent=2))
+    write_result(RESULTS, output)
 
 
 if __name__ == "__main__":

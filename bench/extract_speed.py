@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_io import protocol, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -157,11 +158,9 @@ def main() -> None:
         "tuning_items_per_s": {side: {str(k): round(v, 1) for k, v in speeds.items()} for side, speeds in tuning.items()},
         "num_texts": len(texts),
         "cpu_count": os.cpu_count(),
-        "protocol": __doc__.strip().split("\n", 2)[2],
+        "protocol": protocol(__doc__),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({key: value for key, value in result.items() if key != "protocol"}, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

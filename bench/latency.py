@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_io import protocol, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work" / "latency"
@@ -228,11 +229,9 @@ def main() -> None:
         "cli_recommend_wall_s": round(statistics.median(cli_walls), 3),
         "batch_users_per_s": round(NUM_USERS / statistics.median(batch_seconds), 1),
         "cpu_count": os.cpu_count(),
-        "protocol": __doc__.strip().split("\n", 2)[2],
+        "protocol": protocol(__doc__),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

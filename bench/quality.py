@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import protocol, write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 WORK = ROOT / "bench" / ".work" / "quality"
@@ -58,9 +60,8 @@ def main() -> None:
     for name in ("pop", "itemknn", "ease"):
         models[name] = {metric: summary([report["baselines"][name][metric] for report in reports]) for metric in METRICS}
     result = {"dataset": "MovieLens 100K (943 users, 1,682 items, 100,000 interactions)", "seeds": list(SEEDS),
-              "models": models, "cpu_count": os.cpu_count(), "protocol": __doc__.strip().split("\n", 2)[2]}  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+              "models": models, "cpu_count": os.cpu_count(), "protocol": protocol(__doc__)}  # fmt: skip
+    write_result(RESULTS, result, echo=False)
     update_readme(result)
     print(results_table(result))
 
