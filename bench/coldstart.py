@@ -3,7 +3,8 @@
 Protocol: the split of bench/quality.py (per user by time; last = test, second-to-last = validation). 10% of the
 1,682 items (seeded, numpy default_rng(seed 0)) are removed from training entirely: their events are hidden from
 the training sequences and from validation, so the model never sees an interaction with them (their ID vectors
-are zero and their bias is the cold-item bias; they keep their MiniLM text vector). Evaluated: the test events whose target is one of those items.
+are zero and their bias is the cold-item bias; they keep their MiniLM text vector).
+Evaluated: the test events whose target is one of those items.
 Each is ranked among all 1,682 items with the user's other history excluded (the cold items are removed from the
 history as well); rank = number of items scored strictly higher. bigrec (MiniLM, seed 0, the default model
 trained with two cold-start settings: --id-dropout 0.5, so half of the item lookups in training lose their
@@ -38,14 +39,15 @@ def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: this benchmark measures MovieLens 100K and stops here")
     from bigrec_cli import data as data_module
+    from bigrec_cli.artifacts import load_run, run_scorer
     from bigrec_cli.baselines import EASE, interaction_matrix
+    from bigrec_cli.checkpoints import named_checkpoint
     from bigrec_cli.config import TrainConfig
     from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
-    from bigrec_cli.features import extract, named_checkpoint
+    from bigrec_cli.features import extract
     from bigrec_cli.metrics import ranking_report, ranks_of_targets
     from bigrec_cli.project import ProjectDir
     from bigrec_cli.protocol import indexed_events, left_pad
-    from bigrec_cli.recommend import load_run, load_scorer
     from bigrec_cli.train import train
 
     project = ProjectDir(WORK)
@@ -55,15 +57,24 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     cold = set(rng.choice(items, size=int(round(COLD_SHARE * len(items))), replace=False).tolist())
     config = TrainConfig(seed=SEED, id_dropout=ID_DROPOUT, negative_sampling=NEGATIVE_SAMPLING)
-    result = train(project, config, verbose=0, exclude_items=cold,
-                   on_epoch=lambda e: print(f"epoch {e['epoch']}: val ndcg@10 {e['val_ndcg@10']:.4f}", file=sys.stderr))  # fmt: skip
+    result = train(
+        project,
+        config,
+        verbose=0,
+        exclude_items=cold,
+        on_epoch=lambda e: print(f"epoch {e['epoch']}: val ndcg@10 {e['val_ndcg@10']:.4f}", file=sys.stderr),
+    )
     run = load_run(result.run_dir)
-    scorer = load_scorer(run)
+    scorer = run_scorer(run)
     events = indexed_events(data_module.load_events(project), run.item_ids)
     warm_events = events[~events["item_id"].isin(cold)]
     tests = events[(events["split"] == SPLIT_TEST) & events["item_id"].isin(cold)]
-    histories = {user: group.to_numpy() for user, group in
-                 warm_events[warm_events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))].groupby("user_id")["index"]}  # fmt: skip
+    histories = {
+        user: group.to_numpy()
+        for user, group in warm_events[warm_events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))].groupby("user_id")[
+            "index"
+        ]
+    }
     users = tests["user_id"].tolist()
     user_histories = [histories.get(user, np.zeros(0, "int64")) for user in users]
     targets = tests["index"].to_numpy() - 1
@@ -74,17 +85,28 @@ def main() -> None:
 
     warm_tests = events[(events["split"] == SPLIT_TEST) & ~events["item_id"].isin(cold)]
     warm_histories = [histories.get(user, np.zeros(0, "int64")) for user in warm_tests["user_id"]]
-    warm_ranks = ranks_of_targets(scorer.logits(left_pad(warm_histories, config.max_len)),
-                                  warm_tests["index"].to_numpy() - 1, [h - 1 for h in warm_histories])  # fmt: skip
+    warm_ranks = ranks_of_targets(
+        scorer.logits(left_pad(warm_histories, config.max_len)),
+        warm_tests["index"].to_numpy() - 1,
+        [h - 1 for h in warm_histories],
+    )
     warm_report = ranking_report(warm_ranks, (10,))
 
     train_part = warm_events[warm_events["split"] == SPLIT_TRAIN]
     all_users = sorted(set(train_part["user_id"]) | set(users))
     row_of = {user: row for row, user in enumerate(all_users)}
-    matrix = interaction_matrix(train_part["user_id"].map(row_of).to_numpy(), train_part["index"].to_numpy() - 1,
-                                len(all_users), scorer.num_items)  # fmt: skip
-    history_matrix = interaction_matrix(np.concatenate([[row] * len(h) for row, h in enumerate(user_histories)]).astype(int),
-                                        np.concatenate(user_histories) - 1, len(users), scorer.num_items)  # fmt: skip
+    matrix = interaction_matrix(
+        train_part["user_id"].map(row_of).to_numpy(),
+        train_part["index"].to_numpy() - 1,
+        len(all_users),
+        scorer.num_items,
+    )
+    history_matrix = interaction_matrix(
+        np.concatenate([[row] * len(h) for row, h in enumerate(user_histories)]).astype(int),
+        np.concatenate(user_histories) - 1,
+        len(users),
+        scorer.num_items,
+    )
     ease_scores = EASE(100.0).fit(matrix).score(history_matrix)
     ease_ranks = ranks_of_targets(ease_scores, targets, excluded)
     ease_report = ranking_report(ease_ranks, (10,))
@@ -95,15 +117,24 @@ def main() -> None:
     output = {
         "num_cold_items": len(cold),
         "num_cold_test_events": len(users),
-        "bigrec": {"hr@10": model_report["hr@10"], "ndcg@10": model_report["ndcg@10"],
-                   "median_rank": float(np.median(model_ranks))},
-        "ease": {"hr@10": ease_report["hr@10"], "ndcg@10": ease_report["ndcg@10"],
-                 "median_rank": float(np.median(ease_ranks))},
+        "bigrec": {
+            "hr@10": model_report["hr@10"],
+            "ndcg@10": model_report["ndcg@10"],
+            "median_rank": float(np.median(model_ranks)),
+        },
+        "ease": {
+            "hr@10": ease_report["hr@10"],
+            "ndcg@10": ease_report["ndcg@10"],
+            "median_rank": float(np.median(ease_ranks)),
+        },
         "random": {"hr@10": random_hr, "ndcg@10": random_ndcg, "median_rank": float(np.median((candidates - 1) / 2))},
         "bigrec_over_random_hr@10": model_report["hr@10"] / random_hr,
         "bigrec_over_random_ndcg@10": model_report["ndcg@10"] / random_ndcg,
-        "bigrec_warm_test_events": {"count": len(warm_tests), "hr@10": warm_report["hr@10"],
-                                    "ndcg@10": warm_report["ndcg@10"]},
+        "bigrec_warm_test_events": {
+            "count": len(warm_tests),
+            "hr@10": warm_report["hr@10"],
+            "ndcg@10": warm_report["ndcg@10"],
+        },
         "best_epoch": result.best_epoch,
         "id_dropout": ID_DROPOUT,
         "negative_sampling": NEGATIVE_SAMPLING,

@@ -51,7 +51,8 @@ def encode(batch_size, keep_hidden=False):
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=%(max_length)d, return_tensors="pt")
+            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                            max_length=%(max_length)d, return_tensors="pt")
             states = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled[rows] = ((states * mask).sum(1) / mask.sum(1)).numpy()
@@ -80,8 +81,12 @@ class ReferenceProcess:
 
     def __init__(self, texts_path: Path, parity_path: Path) -> None:
         script = REFERENCE % {"threads": os.cpu_count(), "max_length": MAX_LENGTH}
-        self.process = subprocess.Popen([str(REFERENCE_PYTHON), "-c", script, str(texts_path), str(parity_path)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [str(REFERENCE_PYTHON), "-c", script, str(texts_path), str(parity_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if self.process.stdout.readline().strip() != "ready":
             raise SystemExit("the reference environment failed to start (see its stderr above)")
 
@@ -101,8 +106,8 @@ def main() -> None:
     if not REFERENCE_PYTHON.exists():
         raise SystemExit("no reference environment: run `make bench-reference-env` first")
     from bigrec_cli.backend import tf
+    from bigrec_cli.checkpoints import minilm_checkpoint
     from bigrec_cli.features import BertEncoder
-    from bigrec_cli.hfimport import minilm_checkpoint
 
     texts = movielens_texts()
     work = ROOT / "bench" / ".work"
@@ -128,8 +133,13 @@ def main() -> None:
         for _ in range(ROUNDS):
             reference_s = reference.seconds(best["reference"])
             bigrec_s = bigrec_seconds(best["bigrec"])
-            rounds.append({"reference_items_per_s": len(texts) / reference_s, "bigrec_items_per_s": len(texts) / bigrec_s,
-                           "ratio": reference_s / bigrec_s})  # fmt: skip
+            rounds.append(
+                {
+                    "reference_items_per_s": len(texts) / reference_s,
+                    "bigrec_items_per_s": len(texts) / bigrec_s,
+                    "ratio": reference_s / bigrec_s,
+                }
+            )
     finally:
         reference.close()
 
@@ -137,8 +147,10 @@ def main() -> None:
     stored = np.load(work / "ref.npz", allow_pickle=False)
     max_pooled = float(np.abs(pooled - stored["pooled"]).max())
     max_hidden = 0.0
-    hidden_of = tf.function(lambda ids: encoder.model([ids, tf.zeros_like(ids)], training=False),
-                            input_signature=[tf.TensorSpec([None, None], tf.int32)])  # fmt: skip
+    hidden_of = tf.function(
+        lambda ids: encoder.model([ids, tf.zeros_like(ids)], training=False),
+        input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    )
     for index, tokens in enumerate(encoder.tokenize(texts)):
         hidden = hidden_of(np.array([tokens], dtype="int32")).numpy()[0]
         max_hidden = max(max_hidden, float(np.abs(hidden - stored[f"h{index}"]).max()))
@@ -155,7 +167,9 @@ def main() -> None:
         "bigrec_batch_size": best["bigrec"],
         "reference_batch_size": best["reference"],
         "rounds": [{key: round(value, 3) for key, value in entry.items()} for entry in rounds],
-        "tuning_items_per_s": {side: {str(k): round(v, 1) for k, v in speeds.items()} for side, speeds in tuning.items()},
+        "tuning_items_per_s": {
+            side: {str(k): round(v, 1) for k, v in speeds.items()} for side, speeds in tuning.items()
+        },
         "num_texts": len(texts),
         "cpu_count": os.cpu_count(),
         "protocol": protocol(__doc__),

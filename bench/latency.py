@@ -59,7 +59,9 @@ def build_project(project: Path) -> None:
     rng = np.random.default_rng(0)
     raw = WORK / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(NUM_ITEMS)], "title": [f"Item {n}" for n in range(NUM_ITEMS)]})
+    items = pd.DataFrame(
+        {"item_id": [f"i{n}" for n in range(NUM_ITEMS)], "title": [f"Item {n}" for n in range(NUM_ITEMS)]}
+    )
     items.to_csv(raw / "items.csv", index=False)
     rows = []
     for user in range(NUM_USERS):
@@ -72,10 +74,22 @@ def build_project(project: Path) -> None:
     vectors = rng.normal(size=(NUM_ITEMS, DIM)).astype("float32")
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     save_item_vectors(root.item_vectors_path, items["item_id"].tolist(), vectors)
-    atomic_write_json(root.features_meta_path, {"model": "random-unit-vectors", "model_key": "random-unit-384",
-                                                "dim": DIM, "num_items": NUM_ITEMS, "pooling": "none"})  # fmt: skip
-    subprocess.run([*BIGREC, "train", "--project-dir", str(project), "--epochs", "1", "--json"], check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+    atomic_write_json(
+        root.features_meta_path,
+        {
+            "model": "random-unit-vectors",
+            "model_key": "random-unit-384",
+            "dim": DIM,
+            "num_items": NUM_ITEMS,
+            "pooling": "none",
+        },
+    )
+    subprocess.run(
+        [*BIGREC, "train", "--project-dir", str(project), "--epochs", "1", "--json"],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def free_port() -> int:
@@ -123,9 +137,14 @@ def load_test(port: int) -> dict:
     flat = np.array([value for values in latencies for value in values]) * 1000
     if not len(flat):
         raise SystemExit(f"every request failed, e.g. {errors[:1]}")
-    return {"serve_p50_ms": float(np.percentile(flat, 50)), "serve_p99_ms": float(np.percentile(flat, 99)),
-            "serve_max_ms": float(flat.max()), "serve_rps": len(flat) / elapsed, "serve_requests": int(len(flat)),
-            "serve_errors": len(errors)}  # fmt: skip
+    return {
+        "serve_p50_ms": float(np.percentile(flat, 50)),
+        "serve_p99_ms": float(np.percentile(flat, 99)),
+        "serve_max_ms": float(flat.max()),
+        "serve_rps": len(flat) / elapsed,
+        "serve_requests": int(len(flat)),
+        "serve_errors": len(errors),
+    }
 
 
 WRK_SCRIPT = """
@@ -145,17 +164,34 @@ def load_test_wrk(port: int) -> dict:
     """The same closed loop with wrk (one C thread, 8 keep-alive connections): less client CPU on a 2-core box."""
     script = WORK / "recommend.lua"
     script.write_text(WRK_SCRIPT % (NUM_USERS - 1))
-    output = subprocess.run(["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(DURATION_S)}s", "--latency", "-s", str(script),
-                             f"http://127.0.0.1:{port}"], check=True, capture_output=True, text=True).stdout  # fmt: skip
+    output = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CLIENTS}",
+            f"-d{int(DURATION_S)}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.M))
     latency_line = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, flags=re.M)
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {"serve_p50_ms": _milliseconds(percentiles["50"]), "serve_p99_ms": _milliseconds(percentiles["99"]),
-            "serve_max_ms": _milliseconds(latency_line.group(3)),
-            "serve_rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1)),
-            "serve_requests": requests, "serve_errors": int(errors.group(1)) if errors else 0,
-            "load_generator": "wrk -t1 -c8"}  # fmt: skip
+    return {
+        "serve_p50_ms": _milliseconds(percentiles["50"]),
+        "serve_p99_ms": _milliseconds(percentiles["99"]),
+        "serve_max_ms": _milliseconds(latency_line.group(3)),
+        "serve_rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1)),
+        "serve_requests": requests,
+        "serve_errors": int(errors.group(1)) if errors else 0,
+        "load_generator": "wrk -t1 -c8",
+    }
 
 
 def feedback_to_effect(port: int, trials: int = 30) -> float:
@@ -184,8 +220,13 @@ def main() -> None:
     cli_walls = []
     for _ in range(7):
         started = time.perf_counter()
-        subprocess.run([*BIGREC, "recommend", "--user", "u17", "--k", "10", "--json"], check=True, cwd=ROOT, env=env,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [*BIGREC, "recommend", "--user", "u17", "--k", "10", "--json"],
+            check=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         cli_walls.append(time.perf_counter() - started)
 
     from bigrec_cli.project import ProjectDir
@@ -201,7 +242,9 @@ def main() -> None:
         batch_seconds.append(time.perf_counter() - started)
 
     port = free_port()
-    server = subprocess.Popen([*BIGREC, "serve", "--port", str(port), "--workers", str(WORKERS)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*BIGREC, "serve", "--port", str(port), "--workers", str(WORKERS)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(600):
             if server.poll() is not None:
@@ -211,8 +254,10 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        runs = [load_test_wrk(port) if shutil.which("wrk") else {**load_test(port), "load_generator": "python threads"}
-                for _ in range(REPEATS)]  # fmt: skip
+        runs = [
+            load_test_wrk(port) if shutil.which("wrk") else {**load_test(port), "load_generator": "python threads"}
+            for _ in range(REPEATS)
+        ]
         serve = {key: statistics.median(run[key] for run in runs) for key in SERVE_KEYS}
         serve["serve_requests"] = sum(run["serve_requests"] for run in runs)
         serve["serve_errors"] = sum(run["serve_errors"] for run in runs)

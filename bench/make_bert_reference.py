@@ -74,7 +74,9 @@ def main() -> None:
         hidden=np.concatenate(hidden),
         pooled=np.stack(pooled),
         max_length=np.array(MAX_LENGTH),
-        versions=np.array(json.dumps({"torch": torch.__version__, "transformers": __import__("transformers").__version__})),
+        versions=np.array(
+            json.dumps({"torch": torch.__version__, "transformers": __import__("transformers").__version__})
+        ),
     )
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, {len(TEXTS)} texts, {len(ids)} tokens)")
 

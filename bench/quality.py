@@ -31,8 +31,13 @@ METRICS = ("ndcg@10", "hr@10", "mrr@10")
 
 
 def bigrec(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "bigrec_cli", *args, "--project-dir", str(WORK)], cwd=ROOT, check=True,
-                          stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bigrec_cli", *args, "--project-dir", str(WORK)],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -52,21 +57,36 @@ def main() -> None:
         report = json.loads(bigrec("evaluate", "--json"))
         report["best_epoch"] = trained["best_epoch"]
         reports.append(report)
-        print(f"seed {seed}: test ndcg@10 {report['ndcg@10']:.4f} (ease {report['baselines']['ease']['ndcg@10']:.4f}),"
-              f" train {seconds[-1]:.0f} s", file=sys.stderr)  # fmt: skip
+        print(
+            f"seed {seed}: test ndcg@10 {report['ndcg@10']:.4f} (ease {report['baselines']['ease']['ndcg@10']:.4f}),"
+            f" train {seconds[-1]:.0f} s",
+            file=sys.stderr,
+        )
     models = {"bigrec": {metric: summary([report[metric] for report in reports]) for metric in METRICS}}
     models["bigrec"]["train_wall_s"] = summary(seconds)
     models["bigrec"]["best_epoch"] = [report["best_epoch"] for report in reports]
     for name in ("pop", "itemknn", "ease"):
-        models[name] = {metric: summary([report["baselines"][name][metric] for report in reports]) for metric in METRICS}
-    result = {"dataset": "MovieLens 100K (943 users, 1,682 items, 100,000 interactions)", "seeds": list(SEEDS),
-              "models": models, "cpu_count": os.cpu_count(), "protocol": protocol(__doc__)}  # fmt: skip
+        models[name] = {
+            metric: summary([report["baselines"][name][metric] for report in reports]) for metric in METRICS
+        }
+    result = {
+        "dataset": "MovieLens 100K (943 users, 1,682 items, 100,000 interactions)",
+        "seeds": list(SEEDS),
+        "models": models,
+        "cpu_count": os.cpu_count(),
+        "protocol": protocol(__doc__),
+    }
     write_result(RESULTS, result, echo=False)
     update_readme(result)
     print(results_table(result))
 
 
-NAMES = {"bigrec": "bigrec (MiniLM → LSTM → sigmoid)", "ease": "EASE (λ = 100)", "itemknn": "ItemKNN", "pop": "Pop"}
+NAMES = {
+    "bigrec": "bigrec (MiniLM → LSTM → sigmoid)",
+    "ease": "EASE (λ = 100)",
+    "itemknn": "ItemKNN",
+    "pop": "Pop",
+}
 README = ROOT / "README.md"
 TABLE_START, TABLE_END = "<!-- quality-table: written by bench/quality.py -->", "<!-- /quality-table -->"
 
@@ -75,10 +95,14 @@ def results_table(result: dict) -> str:
     """The README's results table, from quality-ml100k.json."""
     models = result["models"]
     seconds = models["bigrec"]["train_wall_s"]
-    lines = [f"Seeds {', '.join(map(str, result['seeds']))}; mean ± standard deviation over seeds; bigrec trained in "
-             f"{seconds['mean']:.0f} ± {seconds['std']:.0f} s per seed on {result['cpu_count']} cores "
-             f"(best epochs {', '.join(map(str, models['bigrec']['best_epoch']))}).", "",
-             "| model | NDCG@10 | HR@10 | MRR@10 |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"Seeds {', '.join(map(str, result['seeds']))}; mean ± standard deviation over seeds; bigrec trained in "
+        f"{seconds['mean']:.0f} ± {seconds['std']:.0f} s per seed on {result['cpu_count']} cores "
+        f"(best epochs {', '.join(map(str, models['bigrec']['best_epoch']))}).",
+        "",
+        "| model | NDCG@10 | HR@10 | MRR@10 |",
+        "| --- | --- | --- | --- |",
+    ]
     for name in ("bigrec", "ease", "itemknn", "pop"):
         cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in METRICS]
         lines.append(f"| {NAMES[name]} | " + " | ".join(cells) + " |")

@@ -7,7 +7,9 @@ import scipy.sparse as sparse
 from sklearn.preprocessing import normalize
 
 
-def interaction_matrix(user_rows: np.ndarray, item_columns: np.ndarray, num_users: int, num_items: int) -> sparse.csr_matrix:
+def interaction_matrix(
+    user_rows: np.ndarray, item_columns: np.ndarray, num_users: int, num_items: int
+) -> sparse.csr_matrix:
     """Return a binary users × items CSR matrix."""
     values = np.ones(len(user_rows), dtype="float32")
     matrix = sparse.csr_matrix((values, (user_rows, item_columns)), shape=(num_users, num_items))
@@ -41,7 +43,7 @@ class ItemKNN:
         similarity = (columns @ columns.T).toarray()
         np.fill_diagonal(similarity, 0.0)
         if self.neighbours < similarity.shape[1]:
-            cut = np.argpartition(-similarity, self.neighbours, axis=1)[:, self.neighbours:]
+            cut = np.argpartition(-similarity, self.neighbours, axis=1)[:, self.neighbours :]
             np.put_along_axis(similarity, cut, 0.0, axis=1)
         self.similarity_ = similarity
         return self

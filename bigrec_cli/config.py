@@ -59,19 +59,30 @@ class TrainConfig:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", hint=f"pass --{name.replace('_', '-')} 1 or more")
+                raise ConfigError(
+                    f"{name} must be at least 1, got {getattr(self, name)}",
+                    hint=f"pass --{name.replace('_', '-')} 1 or more",
+                )
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate {self.learning_rate} is outside (0, 1)", hint="try 1e-3")
         if self.negative_sampling not in NEGATIVE_SAMPLINGS:
-            raise ConfigError(f"unknown negative sampling {self.negative_sampling!r}",
-                              hint=f"use one of {', '.join(NEGATIVE_SAMPLINGS)}")  # fmt: skip
+            raise ConfigError(
+                f"unknown negative sampling {self.negative_sampling!r}",
+                hint=f"use one of {', '.join(NEGATIVE_SAMPLINGS)}",
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
-        for name, value, upper in (("gbce_t", self.gbce_t, 1.0), ("dropout", self.dropout, 0.999),
-                                   ("id_dropout", self.id_dropout, 1.0), ("weight_average", self.weight_average, 0.9999)):  # fmt: skip
+        for name, value, upper in (
+            ("gbce_t", self.gbce_t, 1.0),
+            ("dropout", self.dropout, 0.999),
+            ("id_dropout", self.id_dropout, 1.0),
+            ("weight_average", self.weight_average, 0.9999),
+        ):
             if not 0 <= value <= upper:
-                raise ConfigError(f"{name} must be between 0 and {upper:g}, got {value}",
-                                  hint=f"pass --{name.replace('_', '-')} in that range")  # fmt: skip
+                raise ConfigError(
+                    f"{name} must be between 0 and {upper:g}, got {value}",
+                    hint=f"pass --{name.replace('_', '-')} in that range",
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,8 +35,15 @@ def info(message: str) -> None:
 @contextmanager
 def progress(description: str) -> Iterator[Progress]:
     """A Rich progress bar on stderr; callers set its total and advance it."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=err_console, transient=False)  # fmt: skip
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
     with bar:
         bar.add_task(description, total=None)
         yield bar
@@ -55,7 +62,9 @@ def key_values(title: str, values: dict[str, Any]) -> None:
 def metrics_table(report: dict, cutoffs: list[int]) -> None:
     """Print the evaluation report: one row per metric, the model beside each baseline."""
     baselines = report.get("baselines", {})
-    table = Table(title=f"Test metrics, run {report['run_id']} ({report['num_users']} users, {report['num_items']} items)")
+    table = Table(
+        title=f"Test metrics, run {report['run_id']} ({report['num_users']} users, {report['num_items']} items)"
+    )
     table.add_column("metric", style="bold")
     table.add_column("bigrec", justify="right")
     for name in baselines:
@@ -91,5 +100,7 @@ def rows_table(title: str, rows: list[dict], columns: list[str]) -> None:
         table.add_column(column)
     for row in rows:
         cells = [row.get(column) for column in columns]
-        table.add_row(*("" if cell is None else f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in cells))
+        table.add_row(
+            *("" if cell is None else f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in cells)
+        )
     console.print(table)

@@ -4,26 +4,90 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
+import io
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from bigrec_cli.errors import DataError
-from bigrec_cli.project import ProjectDir, atomic_temporary, atomic_write_json, commit_temporary, read_json
+from bigrec_cli.events import MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, validate_events
+from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json
 
-REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
-OPTIONAL_EVENT_COLUMNS = ("event", "rating", "weight")
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
 MOVIELENS_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 MAX_SHOWN = 5
-MAX_ID_LENGTH = 256
+
+
+@contextmanager
+def reading(path: Path | str, what: str = "") -> Iterator[None]:
+    """Turn the errors of reading a user's file into one DataError that names the file and the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist", hint="check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory", hint=f"give a file{what}") from None
+    except PermissionError:
+        raise DataError(f"{path} cannot be read (permission denied)", hint="check the file's permissions") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}", hint="re-save the file as UTF-8") from None
+
+
+def read_text(path: Path | str, what: str = "") -> str:
+    """Read a user's text file (`-` is stdin), without a UTF-8 byte-order mark."""
+    if str(path) == "-":
+        return sys.stdin.read().removeprefix("\ufeff")
+    with reading(path, what):
+        return Path(path).read_text(encoding="utf-8-sig")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file atomically into an existing folder, turning what the user can fix into a DataError."""
+    if not path.parent.is_dir():
+        raise DataError(f"cannot write {path}: the folder {path.parent} does not exist", hint="create it first")
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except (PermissionError, IsADirectoryError, OSError) as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}", hint="choose a writable file path") from None
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """Read user ids: a CSV with a `user_id` column, or one id per line (`-` is stdin)."""
+    rows = list(csv.reader(io.StringIO(read_text(path, " of user ids"))))
+    if rows and "user_id" in rows[0]:
+        column = rows[0].index("user_id")
+        rows = rows[1:]
+    else:
+        column = 0
+    users = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+    if not users:
+        raise DataError(f"{path} names no users", hint="one user_id per line, or a CSV with a user_id column")
+    return users
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, int]:
@@ -37,43 +101,38 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
         0 for Parquet where rows have no line).
     """
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson", ".parquet"):
+        raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
     try:
-        if suffix in (".csv", ".tsv", ".txt"):
-            separator = "\t" if suffix == ".tsv" else ","
-            check_field_counts(path, separator)
-            frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8")
-            return frame, 2
+        with reading(path):
+            if suffix == ".parquet":
+                return pd.read_parquet(path), 0
+            text = read_text(path)
         if suffix in (".jsonl", ".json", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
-            return frame, 1
-        if suffix == ".parquet":
-            return pd.read_parquet(path), 0
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist", hint="check the path") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text: {error}", hint="re-save the file as UTF-8") from None
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False), 1
+        separator = "\t" if suffix == ".tsv" else ","
+        check_field_counts(text, path, separator)
+        return pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False), 2
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty", hint="give a file with a header row and at least one row") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path} cannot be read as {suffix[1:]}: {first}", hint="check the file's format") from None
-    raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
 
 
-def check_field_counts(path: Path, separator: str) -> None:
+def check_field_counts(text: str, path: Path, separator: str) -> None:
     """Refuse rows with more or fewer fields than the header: pandas would shift or drop them silently."""
     csv.field_size_limit(1 << 30)
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.reader(stream, delimiter=separator)
-        header = next(reader, None)
-        if header is None:
-            return
-        for row in reader:
-            if row and len(row) != len(header):
-                raise DataError(
-                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)}",
-                    hint="quote fields that contain the delimiter, or fix the row",
-                )
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    header = next(reader, None)
+    if header is None:
+        return
+    for row in reader:
+        if row and len(row) != len(header):
+            raise DataError(
+                f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)}",
+                hint="quote fields that contain the delimiter, or fix the row",
+            )
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
@@ -88,39 +147,6 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -
         )
 
 
-def parse_timestamps(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Parse Unix seconds or ISO-8601 text into float seconds since the epoch.
-
-    Returns:
-        The seconds (NaN where unparseable) and a boolean mask of the rows that failed.
-    """
-    text = values.astype(str).str.strip()
-    numeric = np.array(pd.to_numeric(text, errors="coerce"), dtype="float64", copy=True)
-    needs_date = np.isnan(numeric) & (text != "").to_numpy()
-    if needs_date.any():
-        parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="ISO8601")
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
-        numeric[needs_date] = seconds
-    bad = ~np.isfinite(numeric) | (numeric < 0)
-    return numeric, bad
-
-
-def parse_timestamp_value(value: str) -> float | None:
-    """Parse one Unix-seconds or ISO-8601 value; None when it is neither, negative or not finite."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        seconds = parsed.timestamp()
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
 def _rows(indices: np.ndarray, offset: int) -> str:
     shown = ", ".join(str(int(index) + offset) for index in indices[:MAX_SHOWN])
     more = f" and {len(indices) - MAX_SHOWN} more" if len(indices) > MAX_SHOWN else ""
@@ -128,53 +154,23 @@ def _rows(indices: np.ndarray, offset: int) -> str:
 
 
 def clean_events(frame: pd.DataFrame, path: Path, offset: int) -> pd.DataFrame:
-    """Validate an events frame and return it with typed columns `user_id, item_id, timestamp, event, weight`."""
+    """Validate an events frame and return it with typed columns `user_id, item_id, timestamp, event, weight`.
+
+    Fails on the first rule of `bigrec_cli.events` that any row breaks, naming the lines that break it.
+    """
     require_columns(frame, REQUIRED_EVENT_COLUMNS, path)
     if frame.empty:
         raise DataError(f"{path} has a header but no events", hint="give at least one event row")
-    events = pd.DataFrame(
-        {
-            "user_id": frame["user_id"].astype(str).str.strip(),
-            "item_id": frame["item_id"].astype(str).str.strip(),
-        }
-    )
-    for column in ("user_id", "item_id"):
-        empty = np.flatnonzero((events[column] == "") | (events[column].str.lower() == "nan"))
-        if len(empty):
-            raise DataError(f"{path}: empty {column} at {_rows(empty, offset)}", hint=f"every event needs a {column}")
-        too_long = np.flatnonzero((events[column].str.len() > MAX_ID_LENGTH).to_numpy())
-        if len(too_long):
-            raise DataError(f"{path}: {column} longer than {MAX_ID_LENGTH} characters at {_rows(too_long, offset)}",
-                            hint="ids are short keys; put long text in the items file")  # fmt: skip
-    seconds, bad = parse_timestamps(frame["timestamp"])
-    if bad.any():
-        example = frame["timestamp"].astype(str).iloc[int(np.flatnonzero(bad)[0])]
-        raise DataError(
-            f"{path}: unparseable timestamp {example!r} at {_rows(np.flatnonzero(bad), offset)}",
-            hint="use Unix seconds or ISO-8601 such as 2024-05-01T12:00:00Z",
-        )
-    events["timestamp"] = seconds
-    events["event"] = frame["event"].astype(str).str.strip() if "event" in frame.columns else "interaction"
-    weight = np.ones(len(frame))
-    for column in ("weight", "rating"):
-        if column in frame.columns:
-            values = pd.to_numeric(frame[column].astype(str).str.strip(), errors="coerce").to_numpy(dtype="float64")
-            bad_values = ~np.isfinite(values)
-            if bad_values.any():
-                raise DataError(
-                    f"{path}: {column} is not a finite number at {_rows(np.flatnonzero(bad_values), offset)}",
-                    hint=f"write {column} as a number or leave the column out",
-                )
-            if column == "weight":
-                weight = values
-            elif "weight" not in frame.columns:
-                events["rating"] = values
-    events["weight"] = weight
-    return events
+    check = validate_events(frame)
+    if check.failures:
+        failure = check.failures[0]
+        raise DataError(f"{path}: {failure.summary} at {_rows(failure.rows, offset)}", hint=failure.hint)
+    return check.events
 
 
-def clean_items(frame: pd.DataFrame, path: Path, offset: int, text_columns: list[str] | None,
-                title_column: str | None) -> tuple[pd.DataFrame, list[str], str]:  # fmt: skip
+def clean_items(
+    frame: pd.DataFrame, path: Path, offset: int, text_columns: list[str] | None, title_column: str | None
+) -> tuple[pd.DataFrame, list[str], str]:
     """Validate an items frame and return `item_id, title, text` plus the columns used for each."""
     require_columns(frame, ("item_id",), path)
     if frame.empty:
@@ -192,8 +188,10 @@ def clean_items(frame: pd.DataFrame, path: Path, offset: int, text_columns: list
     item_ids = frame["item_id"].astype(str).str.strip()
     too_long = np.flatnonzero((item_ids.str.len() > MAX_ID_LENGTH).to_numpy())
     if len(too_long):
-        raise DataError(f"{path}: item_id longer than {MAX_ID_LENGTH} characters at {_rows(too_long, offset)}",
-                        hint="ids are short keys; put long text in a text column")  # fmt: skip
+        raise DataError(
+            f"{path}: item_id longer than {MAX_ID_LENGTH} characters at {_rows(too_long, offset)}",
+            hint="ids are short keys; put long text in a text column",
+        )
     empty = np.flatnonzero(item_ids == "")
     if len(empty):
         raise DataError(f"{path}: empty item_id at {_rows(empty, offset)}", hint="every item needs an item_id")
@@ -220,8 +218,9 @@ def read_movielens_100k(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 f"{path} does not exist",
                 hint="pass the unzipped ml-100k folder from files.grouplens.org/datasets/movielens/ml-100k.zip",
             )
-    ratings = pd.read_csv(data_path, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"],
-                          dtype=str)  # fmt: skip
+    ratings = pd.read_csv(
+        data_path, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"], dtype=str
+    )
     raw_items = pd.read_csv(item_path, sep="|", header=None, encoding="latin-1", dtype=str, keep_default_na=False)
     if raw_items.shape[1] != 5 + len(MOVIELENS_GENRES):
         raise DataError(f"{item_path} has {raw_items.shape[1]} fields, expected 24", hint="use the original u.item")
@@ -232,8 +231,9 @@ def read_movielens_100k(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {
             "item_id": raw_items[0],
             "title": raw_items[1],
-            "description": [f"{year}. Genres: {names}" if year else f"Genres: {names}"
-                            for year, names in zip(release, genres)],  # fmt: skip
+            "description": [
+                f"{year}. Genres: {names}" if year else f"Genres: {names}" for year, names in zip(release, genres)
+            ],
         }
     )
     return ratings, items
@@ -291,17 +291,20 @@ def fingerprint_frames(*frames: pd.DataFrame) -> str:
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write a Parquet file atomically."""
-    temporary = atomic_temporary(path)
-    try:
+    with atomic_file(path) as temporary:
         frame.to_parquet(temporary, index=False)
-        commit_temporary(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
-def preprocess(project: ProjectDir, *, events_path: Path | None = None, items_path: Path | None = None,
-               movielens_source: Path | None = None, text_columns: list[str] | None = None,
-               title_column: str | None = None, drop_unknown_items: bool = False) -> PreprocessSummary:  # fmt: skip
+def preprocess(
+    project: ProjectDir,
+    *,
+    events_path: Path | None = None,
+    items_path: Path | None = None,
+    movielens_source: Path | None = None,
+    text_columns: list[str] | None = None,
+    title_column: str | None = None,
+    drop_unknown_items: bool = False,
+) -> PreprocessSummary:
     """Validate raw events and items, split them by time and write them under the project directory.
 
     Args:
@@ -324,7 +327,9 @@ def preprocess(project: ProjectDir, *, events_path: Path | None = None, items_pa
         raw_events, event_offset = read_table(events_path)
         raw_items, item_offset = read_table(items_path)
     else:
-        raise DataError("no input given", hint="pass --events FILE --items FILE, or --format movielens-100k --source DIR")
+        raise DataError(
+            "no input given", hint="pass --events FILE --items FILE, or --format movielens-100k --source DIR"
+        )
     items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
     events = clean_events(raw_events, events_path, event_offset)
     known = events["item_id"].isin(set(items["item_id"])).to_numpy()
@@ -333,7 +338,8 @@ def preprocess(project: ProjectDir, *, events_path: Path | None = None, items_pa
         if not drop_unknown_items:
             example = events["item_id"].iloc[int(unknown_rows[0])]
             raise DataError(
-                f"{events_path}: item_id {example!r} has no entry in {items_path} at {_rows(unknown_rows, event_offset)}",
+                f"{events_path}: item_id {example!r} has no entry in {items_path} "
+                f"at {_rows(unknown_rows, event_offset)}",
                 hint="add the items to the items file, or pass --drop-unknown-items",
             )
         events = events[known]
@@ -400,7 +406,15 @@ def load_items(project: ProjectDir) -> pd.DataFrame:
     return pd.read_parquet(project.items_path)
 
 
-def load_data_meta(project: ProjectDir) -> dict:
-    """Read `data.json` written by `preprocess`."""
+_catalog_cache: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
+def catalog_item_ids(project: ProjectDir) -> frozenset[str]:
+    """Return the preprocessed catalog's item ids, read once per version of the items file."""
     project.require_data()
-    return read_json(project.data_meta_path)
+    stat = project.items_path.stat()
+    key = (str(project.items_path), stat.st_mtime_ns, stat.st_size)
+    if key not in _catalog_cache:
+        _catalog_cache.clear()
+        _catalog_cache[key] = frozenset(pd.read_parquet(project.items_path, columns=["item_id"])["item_id"])
+    return _catalog_cache[key]

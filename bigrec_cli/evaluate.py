@@ -7,21 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bigrec_cli import data as data_module
+from bigrec_cli.artifacts import load_run, run_scorer
 from bigrec_cli.baselines import interaction_matrix, make_baselines
-from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
 from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json
 from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
-from bigrec_cli.recommend import load_run, load_scorer
 from bigrec_cli.scoring import Scorer
 
 EVALUATIONS_DIR = "evaluations"
 
 
-def sampled_classification(scorer: Scorer, cases: HoldoutCases, max_len: int, num_negatives: int, seed: int
-                           ) -> dict[str, float]:  # fmt: skip
+def sampled_classification(
+    scorer: Scorer, cases: HoldoutCases, max_len: int, num_negatives: int, seed: int
+) -> dict[str, float]:
     """AUC and log loss of the sigmoid: each held-out positive against `num_negatives` items the user never saw."""
     rng = np.random.default_rng(seed)
     labels, probabilities = [], []
@@ -32,7 +32,9 @@ def sampled_classification(scorer: Scorer, cases: HoldoutCases, max_len: int, nu
         for row, history in enumerate(histories):
             target = cases.targets[start + row] - 1
             forbidden = set((history - 1).tolist()) | {int(target)}
-            negatives = [column for column in rng.integers(0, num_items, size=num_negatives * 2) if column not in forbidden]
+            negatives = [
+                column for column in rng.integers(0, num_items, size=num_negatives * 2) if column not in forbidden
+            ]
             negatives = negatives[:num_negatives]
             labels.extend([1] + [0] * len(negatives))
             probabilities.extend([probs[row, target], *probs[row, negatives]])
@@ -40,13 +42,14 @@ def sampled_classification(scorer: Scorer, cases: HoldoutCases, max_len: int, nu
     return {"auc": roc_auc(labels_array, probability_array), "log_loss": log_loss(labels_array, probability_array)}
 
 
-def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) -> dict[str, np.ndarray]:  # fmt: skip
+def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) -> dict[str, np.ndarray]:
     """Fit each baseline on the history splits and return its rank of every target under the same protocol."""
     history = events[events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))]
     users = sorted(set(history["user_id"]) | set(cases.user_ids))
     row_of = {user: row for row, user in enumerate(users)}
-    matrix = interaction_matrix(history["user_id"].map(row_of).to_numpy(), history["index"].to_numpy() - 1,
-                                len(users), num_items)  # fmt: skip
+    matrix = interaction_matrix(
+        history["user_id"].map(row_of).to_numpy(), history["index"].to_numpy() - 1, len(users), num_items
+    )
     case_rows = np.array([row_of[user] for user in cases.user_ids])
     reports = {}
     for name, baseline in make_baselines(ease_l2=ease_l2).items():
@@ -61,9 +64,17 @@ def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) 
     return reports
 
 
-def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple[int, ...] = CUTOFFS,
-             num_negatives: int = 100, seed: int = 0, ease_l2: float = 100.0, baselines: bool = True,
-             report_dir: Path | None = None) -> dict:  # fmt: skip
+def evaluate(
+    project: ProjectDir,
+    *,
+    run_dir: Path | None = None,
+    cutoffs: tuple[int, ...] = CUTOFFS,
+    num_negatives: int = 100,
+    seed: int = 0,
+    ease_l2: float = 100.0,
+    baselines: bool = True,
+    report_dir: Path | None = None,
+) -> dict:
     """Evaluate a run (the promoted one by default) on the test split and save the report.
 
     Args:
@@ -81,9 +92,9 @@ def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple
     """
     started = time.perf_counter()
     run = load_run(run_dir or project.current_run_dir())
-    scorer = load_scorer(run)
-    max_len = int(run.config["max_len"])
-    events = indexed_events(data_module.load_events(project), run.item_ids)
+    scorer = run_scorer(run)
+    max_len = run.config.max_len
+    events = indexed_events(load_events(project), run.item_ids)
     cases = holdout_cases(events, SPLIT_TEST)
     if not cases.user_ids:
         raise DataError("the test split is empty", hint="users need at least 3 events to be held out")
@@ -93,7 +104,9 @@ def evaluate(project: ProjectDir, *, run_dir: Path | None = None, cutoffs: tuple
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
     if baselines:
         ranks.update(baseline_ranks(events, cases, scorer.num_items, ease_l2))
-        report["baselines"] = {name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"}
+        report["baselines"] = {
+            name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"
+        }
     report["protocol"] = {
         "split": PROTOCOL,
         "cutoffs": list(cutoffs),

@@ -3,112 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from bigrec_cli import data as data_module
 from bigrec_cli.backend import Tokenizer, build_transformer_model, tf
-from bigrec_cli.bertfiles import (
-    CHECKPOINT_PREFIX,
-    CONFIG_NAME,
-    SAMPLE_BERT_DIR,
-    VOCAB_NAME,
-    BertCheckpoint,
-    tiny_model_dir,
-)
+from bigrec_cli.checkpoints import BertCheckpoint
+from bigrec_cli.data import load_items
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir, atomic_temporary, atomic_write_json, commit_temporary
-from bigrec_cli.vectors import save_item_vectors
+from bigrec_cli.project import ProjectDir, atomic_write_json
+from bigrec_cli.vectors import load_arrays, save_arrays, save_item_vectors
 
 POOLINGS = ("mean", "cls")
 BATCH_SIZE = 128
 ProgressCallback = Callable[[int], None]
-
-
-def write_tiny_checkpoint(source: Path, destination: Path, seed: int = 0) -> BertCheckpoint:
-    """Write a deterministic, randomly initialised Google-format BERT for the config and vocab in `source`.
-
-    The weights follow BERT's initialiser (truncated normal, std 0.02), drawn from numpy with `seed`, so every
-    machine writes the same checkpoint. The files are written into a temporary folder and renamed into place.
-    """
-    config = BertCheckpoint(source / CONFIG_NAME, source / CHECKPOINT_PREFIX, source / VOCAB_NAME, "tiny").config()
-    rng = np.random.default_rng(seed)
-    hidden, inner = config["hidden_size"], config["intermediate_size"]
-
-    def normal(*shape: int) -> np.ndarray:
-        return np.clip(rng.normal(0.0, 0.02, size=shape), -0.04, 0.04).astype("float32")
-
-    variables = {
-        "bert/embeddings/word_embeddings": normal(config["vocab_size"], hidden),
-        "bert/embeddings/token_type_embeddings": normal(config["type_vocab_size"], hidden),
-        "bert/embeddings/position_embeddings": normal(config["max_position_embeddings"], hidden),
-        "bert/embeddings/LayerNorm/gamma": np.ones(hidden, "float32"),
-        "bert/embeddings/LayerNorm/beta": np.zeros(hidden, "float32"),
-        "bert/pooler/dense/kernel": normal(hidden, hidden),
-        "bert/pooler/dense/bias": np.zeros(hidden, "float32"),
-    }
-    for layer in range(config["num_hidden_layers"]):
-        prefix = f"bert/encoder/layer_{layer}/"
-        for name in ("attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense"):
-            variables[prefix + name + "/kernel"] = normal(hidden, hidden)
-            variables[prefix + name + "/bias"] = np.zeros(hidden, "float32")
-        variables[prefix + "intermediate/dense/kernel"] = normal(hidden, inner)
-        variables[prefix + "intermediate/dense/bias"] = np.zeros(inner, "float32")
-        variables[prefix + "output/dense/kernel"] = normal(inner, hidden)
-        variables[prefix + "output/dense/bias"] = np.zeros(hidden, "float32")
-        for norm in ("attention/output/LayerNorm", "output/LayerNorm"):
-            variables[prefix + norm + "/gamma"] = np.ones(hidden, "float32")
-            variables[prefix + norm + "/beta"] = np.zeros(hidden, "float32")
-    write_google_checkpoint(variables, destination / CHECKPOINT_PREFIX)
-    shutil.copyfile(source / CONFIG_NAME, destination / CONFIG_NAME)
-    shutil.copyfile(source / VOCAB_NAME, destination / VOCAB_NAME)
-    return BertCheckpoint(destination / CONFIG_NAME, destination / CHECKPOINT_PREFIX, destination / VOCAB_NAME, "tiny")
-
-
-def write_google_checkpoint(variables: dict[str, np.ndarray], prefix: Path) -> None:
-    """Save named arrays as a TF1 checkpoint (`prefix.index`, `prefix.data-*`) that bert4keras can load."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf_variables = {name: tf.compat.v1.Variable(value, name=name) for name, value in variables.items()}
-        saver = tf.compat.v1.train.Saver(var_list=tf_variables)
-        with tf.compat.v1.Session(graph=graph) as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
-
-
-def default_checkpoint() -> BertCheckpoint:
-    """Return the project's default model, generating the tiny BERT into the user cache on first use."""
-    directory = tiny_model_dir()
-    if not (directory / (CHECKPOINT_PREFIX + ".index")).exists():
-        staging = directory.parent / f".{directory.name}.{time.time_ns()}"
-        write_tiny_checkpoint(SAMPLE_BERT_DIR, staging)
-        try:
-            staging.rename(directory)
-        except OSError:  # another process won the race; its checkpoint is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    return BertCheckpoint(directory / CONFIG_NAME, directory / CHECKPOINT_PREFIX, directory / VOCAB_NAME, "tiny")
-
-
-NAMED_MODELS = ("auto", "minilm", "tiny")
-
-
-def named_checkpoint(name: str) -> BertCheckpoint:
-    """Resolve `--bert NAME`: `minilm`, `tiny`, or `auto` (MiniLM when its package is installed, else tiny)."""
-    from bigrec_cli import hfimport
-
-    if name not in NAMED_MODELS:
-        raise ConfigError(f"unknown model name {name!r}", hint=f"use one of {', '.join(NAMED_MODELS)}, or --bert-dir")
-    if name == "minilm" or (name == "auto" and hfimport.minilm_installed()):
-        return hfimport.minilm_checkpoint()
-    return default_checkpoint()
 
 
 class BertEncoder:
@@ -154,8 +66,9 @@ class BertEncoder:
         mask = tf.cast(tf.not_equal(token_ids, 0), hidden.dtype)[:, :, None]
         return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
-    def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, on_progress: ProgressCallback | None = None
-               ) -> np.ndarray:  # fmt: skip
+    def encode(
+        self, texts: list[str], batch_size: int = BATCH_SIZE, on_progress: ProgressCallback | None = None
+    ) -> np.ndarray:
         """Return a (len(texts), dim) float32 matrix.
 
         Each distinct text runs through BERT once. Texts are sorted by token count and cut into batches of at most
@@ -218,7 +131,7 @@ class ExtractSummary:
 
 def catalog_texts(project: ProjectDir) -> pd.DataFrame:
     """Return every item that needs a vector: the preprocessed catalog, then new items named by feedback."""
-    items = data_module.load_items(project)[["item_id", "title", "text"]]
+    items = load_items(project)[["item_id", "title", "text"]]
     store = FeedbackStore(project.feedback_db)
     if store.exists():
         extra = store.new_items(exclude=set(items["item_id"]))
@@ -227,9 +140,16 @@ def catalog_texts(project: ProjectDir) -> pd.DataFrame:
     return items
 
 
-def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "mean", max_length: int = 128,
-            batch_size: int = BATCH_SIZE, on_start: Callable[[int], None] | None = None,
-            on_progress: ProgressCallback | None = None) -> ExtractSummary:  # fmt: skip
+def extract(
+    project: ProjectDir,
+    checkpoint: BertCheckpoint,
+    *,
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_size: int = BATCH_SIZE,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ExtractSummary:
     """Encode every catalog item's text once per model and write `features/item_vectors.npz`.
 
     Args:
@@ -252,8 +172,8 @@ def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "
     cache_path = project.vector_cache_dir / f"{model_key}.npz"
     cache: dict[str, np.ndarray] = {}
     if cache_path.exists():
-        with np.load(cache_path, allow_pickle=False) as stored:
-            cache = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+        stored = load_arrays(cache_path)
+        cache = dict(zip(stored["keys"].tolist(), stored["vectors"]))
     hashes = [text_hash(text) for text in items["text"]]
     missing = sorted({key for key in hashes if key not in cache})
     missing_set = set(missing)
@@ -263,14 +183,8 @@ def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "
         text_of = dict(zip(hashes, items["text"]))
         encoded = encoder.encode([text_of[key] for key in missing], batch_size=batch_size, on_progress=on_progress)
         cache.update(zip(missing, encoded))
-        temporary = atomic_temporary(cache_path)
-        try:
-            keys = sorted(cache)
-            with open(temporary, "wb") as stream:
-                np.savez(stream, keys=np.array(keys), vectors=np.stack([cache[key] for key in keys]))
-            commit_temporary(temporary, cache_path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        keys = sorted(cache)
+        save_arrays(cache_path, keys=np.array(keys), vectors=np.stack([cache[key] for key in keys]))
     vectors = np.stack([cache[key] for key in hashes]).astype("float32")
     save_item_vectors(project.item_vectors_path, items["item_id"].tolist(), vectors)
     summary = ExtractSummary(
@@ -296,4 +210,4 @@ def extract(project: ProjectDir, checkpoint: BertCheckpoint, *, pooling: str = "
     return summary
 
 
-__all__ = ["BertEncoder", "extract", "default_checkpoint", "named_checkpoint", "write_tiny_checkpoint"]
+__all__ = ["BertEncoder", "extract", "catalog_texts", "length_batches"]

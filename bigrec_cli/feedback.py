@@ -1,4 +1,7 @@
-"""The feedback store: new events in SQLite (WAL mode), validated row by row, idempotent by event id."""
+"""The feedback store: new events in SQLite (WAL mode), validated row by row, idempotent by event id.
+
+`ingest(project, rows)` is the one way in: the CLI and the server only decode their input into `Row`s.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -16,11 +18,11 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from bigrec_cli.data import parse_timestamp_value
+from bigrec_cli.data import catalog_item_ids
 from bigrec_cli.errors import DataError
+from bigrec_cli.events import frame_from_objects, validate_events
+from bigrec_cli.project import ProjectDir
 
-MAX_ID_LENGTH = 256
-MAX_TEXT_LENGTH = 20_000
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "m001_events_items",
@@ -61,6 +63,15 @@ class IngestSummary:
 
 
 @dataclass(frozen=True)
+class Row:
+    """One decoded input row: its line (or position in an HTTP body), its values (None: undecodable) and raw text."""
+
+    line: int
+    values: dict[str, Any] | None
+    raw: str
+
+
+@dataclass(frozen=True)
 class ParsedEvent:
     """One valid feedback row."""
 
@@ -82,68 +93,83 @@ class RowError(ValueError):
     """A row that cannot be stored; the message is its rejection reason."""
 
 
-def _text_field(row: dict[str, Any], name: str, *, required: bool, limit: int = MAX_ID_LENGTH) -> str:
-    value = row.get(name)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = ""
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise RowError(f"{name} must be text, got {type(value).__name__}")
-    value = str(value).strip()
-    if required and not value:
-        raise RowError(f"{name} is empty")
-    if len(value) > limit:
-        raise RowError(f"{name} is longer than {limit} characters")
-    if "\x00" in value:
-        raise RowError(f"{name} contains a NUL character")
-    return value
-
-
-def parse_event(row: dict[str, Any], now: float) -> ParsedEvent:
-    """Validate one raw row and return it typed, or raise RowError with the reason.
+def parse_rows(rows: list[Row], now: float) -> tuple[list[tuple[Row, ParsedEvent]], list[dict[str, Any]]]:
+    """Validate rows with the event rules of `bigrec_cli.events`; return the valid ones and a rejection per bad one.
 
     Args:
-        row: Field name → raw value (text from CSV, JSON values from JSON lines).
+        rows: Decoded rows.
         now: The timestamp given to rows without one.
     """
-    user_id = _text_field(row, "user_id", required=True)
-    item_id = _text_field(row, "item_id", required=True)
-    raw_timestamp = row.get("timestamp")
-    if raw_timestamp is None or (isinstance(raw_timestamp, str) and not raw_timestamp.strip()):
-        timestamp = now
-    elif isinstance(raw_timestamp, bool) or not isinstance(raw_timestamp, (int, float, str)):
-        raise RowError(f"timestamp must be a number or ISO-8601 text, got {type(raw_timestamp).__name__}")
-    else:
-        parsed = parse_timestamp_value(str(raw_timestamp))
-        if parsed is None:
-            raise RowError(f"timestamp {str(raw_timestamp)[:40]!r} is not Unix seconds or ISO-8601 (or is negative)")
-        timestamp = parsed
-    event = _text_field(row, "event", required=False) or "interaction"
-    raw_weight = row.get("weight")
-    if raw_weight is None or (isinstance(raw_weight, str) and not raw_weight.strip()):
-        weight = 1.0
-    else:
-        try:
-            weight = float(raw_weight)
-        except (TypeError, ValueError):
-            raise RowError(f"weight {str(raw_weight)[:40]!r} is not a number") from None
-        if not math.isfinite(weight):
-            raise RowError("weight is not finite")
-    title = _text_field(row, "title", required=False, limit=MAX_TEXT_LENGTH)
-    text = _text_field(row, "text", required=False, limit=MAX_TEXT_LENGTH)
-    description = _text_field(row, "description", required=False, limit=MAX_TEXT_LENGTH)
-    if description and not text:
-        text = " | ".join(part for part in (title, description) if part)
-    elif title and not text:
-        text = title
-    event_id = _text_field(row, "event_id", required=False)
-    if not event_id:
-        content = "\x1f".join([user_id, item_id, str(raw_timestamp or ""), event, str(raw_weight or "")])
-        event_id = "h:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
-    return ParsedEvent(event_id, user_id, item_id, timestamp, event, weight, title, text)
+    frame, type_errors = frame_from_objects(row.values for row in rows)
+    check = validate_events(frame, default_timestamp=now)
+    reasons = check.row_reasons()
+    events = check.events
+    texts = {name: _cells(frame, name) for name in ("event_id", "timestamp", "weight", "title", "text", "description")}
+    accepted, rejections = [], []
+    for position, row in enumerate(rows):
+        reason = type_errors[position] or reasons[position]
+        if reason:
+            rejections.append({"line": row.line, "reason": reason, "row": row.raw[:2000]})
+            continue
+        user_id, item_id, event = (
+            events.at[position, "user_id"],
+            events.at[position, "item_id"],
+            events.at[position, "event"],
+        )
+        title, text, description = (texts[name][position] for name in ("title", "text", "description"))
+        if description and not text:
+            text = " | ".join(part for part in (title, description) if part)
+        elif title and not text:
+            text = title
+        event_id = texts["event_id"][position]
+        if not event_id:
+            content = "\x1f".join([user_id, item_id, texts["timestamp"][position], event, texts["weight"][position]])
+            event_id = "h:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+        parsed = ParsedEvent(
+            event_id,
+            user_id,
+            item_id,
+            float(events.at[position, "timestamp"]),
+            event,
+            float(events.at[position, "weight"]),
+            title,
+            text,
+        )
+        accepted.append((row, parsed))
+    return accepted, rejections
 
 
-def read_rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """Yield (line number, row or None, raw line) from CSV or JSON lines text; None marks an unparseable line.
+def _cells(frame: pd.DataFrame, name: str) -> list[str]:
+    if name not in frame.columns:
+        return [""] * len(frame)
+    return [value.strip() if isinstance(value, str) else "" for value in frame[name]]
+
+
+def parse_event(values: dict[str, Any], now: float) -> ParsedEvent:
+    """Validate one row and return it typed, or raise RowError with the reason (see `parse_rows`)."""
+    accepted, rejections = parse_rows([Row(1, values, "")], now)
+    if rejections:
+        raise RowError(rejections[0]["reason"])
+    return accepted[0][1]
+
+
+def rows_from_objects(objects: list[Any]) -> list[Row]:
+    """Rows from decoded JSON values (an HTTP body's list of events), numbered from 1."""
+    return [
+        Row(number, value if isinstance(value, dict) else None, _raw_json(value))
+        for number, value in enumerate(objects, start=1)
+    ]
+
+
+def _raw_json(value: Any) -> str:
+    try:
+        return json.dumps(value)[:2000]
+    except (TypeError, ValueError):
+        return repr(value)[:2000]
+
+
+def read_rows(stream: io.TextIOBase, source: str) -> Iterator[Row]:
+    """Yield rows from CSV or JSON lines text; a row whose values are None could not be decoded.
 
     The format is JSON lines when the first non-blank character is `{`, CSV otherwise.
     """
@@ -156,10 +182,10 @@ def read_rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, dict[st
                 continue
             try:
                 value = json.loads(line)
-            except json.JSONDecodeError:
-                yield number, None, line
+            except (ValueError, RecursionError):
+                yield Row(number, None, line)
                 continue
-            yield number, value if isinstance(value, dict) else None, line
+            yield Row(number, value if isinstance(value, dict) else None, line)
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
@@ -173,10 +199,29 @@ def read_rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, dict[st
     for row in reader:
         extra = row.pop(None, None)
         raw = ",".join(str(value) for value in row.values())
-        if extra:
-            yield reader.line_num, None, raw
-        else:
-            yield reader.line_num, row, raw
+        yield Row(reader.line_num, None if extra else row, raw)
+
+
+def ingest(project: ProjectDir, rows: Iterable[Row], *, source: str, all_or_nothing: bool = False) -> IngestSummary:
+    """Validate rows, store the valid ones in one transaction, and log the rejected ones.
+
+    Items outside the project's catalog (and not stored by earlier feedback) need a title or text in the row.
+
+    Args:
+        project: The project (`preprocess` must have run).
+        rows: Decoded rows (`read_rows` for files, `rows_from_objects` for HTTP bodies).
+        source: Where the rows come from, for the store and the rejects log.
+        all_or_nothing: One bad row stores nothing (HTTP); otherwise rejected rows go to `feedback.rejects.jsonl`.
+    """
+    project.require_data()
+    store = FeedbackStore(project.feedback_db)
+    return store.ingest_rows(
+        list(rows),
+        source=source,
+        known_items=catalog_item_ids(project),
+        rejects_path=None if all_or_nothing else project.rejects_path,
+        all_or_nothing=all_or_nothing,
+    )
 
 
 class FeedbackStore:
@@ -218,84 +263,79 @@ class FeedbackStore:
             connection.execute("ROLLBACK")
             raise
 
-    def ingest(self, stream: io.TextIOBase, *, source: str, known_items: set[str],
-               rejects_path: Path) -> IngestSummary:  # fmt: skip
-        """Validate every row, store the new ones in one transaction and log the rejected ones.
-
-        Args:
-            stream: CSV or JSON lines text.
-            source: The file name, for messages and the rejects log.
-            known_items: Item ids in the catalog; other items need text in the row.
-            rejects_path: JSON lines file that rejected rows are appended to.
-
-        Returns:
-            Counts of accepted, duplicate and rejected rows.
-        """
-        return self.ingest_rows(read_rows(stream, source), source=source, known_items=known_items,
-                                rejects_path=rejects_path)  # fmt: skip
-
-    def ingest_rows(self, rows: Iterable[tuple[int, dict[str, Any] | None, str]], *, source: str,
-                    known_items: set[str], rejects_path: Path | None, all_or_nothing: bool = False) -> IngestSummary:  # fmt: skip
-        """Store (line, row, raw) rows as `ingest` does; with `all_or_nothing`, one bad row stores nothing."""
+    def ingest_rows(
+        self,
+        rows: list[Row],
+        *,
+        source: str,
+        known_items: frozenset[str] | set[str],
+        rejects_path: Path | None,
+        all_or_nothing: bool = False,
+    ) -> IngestSummary:
+        """Store valid rows in one transaction; with `all_or_nothing`, one bad row stores nothing."""
         now = time.time()
-        summary = IngestSummary()
-        parsed: list[tuple[int, ParsedEvent]] = []
-        for number, row, raw in rows:
-            summary.num_rows += 1
+        summary = IngestSummary(num_rows=len(rows))
+        parsed, rejections = parse_rows(rows, now)
+        summary.rejections = rejections
+        if not (all_or_nothing and rejections):
+            connection = self.connect()
             try:
-                if row is None:
-                    raise RowError("line cannot be parsed (wrong number of fields or invalid JSON)")
-                parsed.append((number, parse_event(row, now)))
-            except RowError as error:
-                summary.rejections.append({"line": number, "reason": str(error), "row": raw[:2000]})
-        if all_or_nothing and summary.rejections:
-            summary.num_rejected = len(summary.rejections)
-            return summary
-        connection = self.connect()
-        try:
-            self.migrate(connection)
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
-                for number, event in parsed:
-                    is_new_item = event.item_id not in known_items and event.item_id not in stored_items
-                    if is_new_item and not event.text:
-                        summary.rejections.append({"line": number, "reason": f"unknown item_id {event.item_id!r} "
-                                                   "without title or text", "row": event.item_id})  # fmt: skip
-                        if all_or_nothing:
-                            raise _Abort
-                        continue
-                    if is_new_item:
-                        connection.execute("INSERT INTO items VALUES (?, ?, ?, ?)",
-                                           (event.item_id, event.title or event.text, event.text, now))  # fmt: skip
-                        stored_items.add(event.item_id)
-                        summary.num_new_items += 1
-                    cursor = connection.execute(
-                        "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (event.event_id, event.user_id, event.item_id, event.timestamp, event.event, event.weight,
-                         source, now),
-                    )  # fmt: skip
-                    if cursor.rowcount:
-                        summary.num_accepted += 1
-                    else:
-                        summary.num_duplicates += 1
-                connection.execute("COMMIT")
-            except _Abort:
-                connection.execute("ROLLBACK")
-                summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-        finally:
-            connection.close()
+                self.migrate(connection)
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    self._store(connection, parsed, summary, known_items, source, now, all_or_nothing)
+                    connection.execute("COMMIT")
+                except _Abort:
+                    connection.execute("ROLLBACK")
+                    summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            finally:
+                connection.close()
+        summary.rejections.sort(key=lambda entry: entry["line"])
         summary.num_rejected = len(summary.rejections)
         if summary.rejections and rejects_path is not None:
             rejects_path.parent.mkdir(parents=True, exist_ok=True)
             with open(rejects_path, "a", encoding="utf-8") as log:
-                for rejection in sorted(summary.rejections, key=lambda entry: entry["line"]):
+                for rejection in summary.rejections:
                     log.write(json.dumps({"source": source, "rejected_at": now, **rejection}) + "\n")
             summary.rejects_path = str(rejects_path)
         return summary
+
+    @staticmethod
+    def _store(
+        connection: sqlite3.Connection,
+        parsed: list[tuple[Row, ParsedEvent]],
+        summary: IngestSummary,
+        known_items: frozenset[str] | set[str],
+        source: str,
+        now: float,
+        all_or_nothing: bool,
+    ) -> None:
+        stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
+        for row, event in parsed:
+            is_new_item = event.item_id not in known_items and event.item_id not in stored_items
+            if is_new_item and not event.text:
+                reason = f"unknown item_id {event.item_id!r} without title or text"
+                summary.rejections.append({"line": row.line, "reason": reason, "row": row.raw[:2000]})
+                if all_or_nothing:
+                    raise _Abort
+                continue
+            if is_new_item:
+                connection.execute(
+                    "INSERT INTO items VALUES (?, ?, ?, ?)", (event.item_id, event.title or event.text, event.text, now)
+                )
+                stored_items.add(event.item_id)
+                summary.num_new_items += 1
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.event_id, event.user_id, event.item_id, event.timestamp, event.event, event.weight, source, now),
+            )
+            if cursor.rowcount:
+                summary.num_accepted += 1
+            else:
+                summary.num_duplicates += 1
 
     def _read(self, query: str, parameters: tuple = ()) -> list[tuple]:
         if not self.exists():
@@ -316,14 +356,17 @@ class FeedbackStore:
 
     def user_events(self, user_id: str) -> list[tuple[str, float]]:
         """Return (item_id, timestamp) of one user's feedback events, oldest first."""
-        return self._read("SELECT item_id, timestamp FROM events WHERE user_id = ? ORDER BY timestamp, rowid",
-                          (user_id,))  # fmt: skip
+        return self._read(
+            "SELECT item_id, timestamp FROM events WHERE user_id = ? ORDER BY timestamp, rowid", (user_id,)
+        )
 
     def events_frame(self, up_to_rowid: int | None = None) -> pd.DataFrame:
         """Return feedback events (all, or up to a rowid) with user_id, item_id, timestamp, event, weight, event_id."""
         limit = up_to_rowid if up_to_rowid is not None else 2**62
-        rows = self._read("SELECT user_id, item_id, timestamp, event, weight, event_id FROM events WHERE rowid <= ? "
-                          "ORDER BY rowid", (limit,))  # fmt: skip
+        rows = self._read(
+            "SELECT user_id, item_id, timestamp, event, weight, event_id FROM events WHERE rowid <= ? ORDER BY rowid",
+            (limit,),
+        )
         return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event", "weight", "event_id"])
 
     def new_items(self, exclude: set[str] | None = None) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 
 from bigrec_cli.backend import keras, tf
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.scoring import SCORER_ARRAYS
+from bigrec_cli.scoring import LSTM_ACTIVATION, LSTM_RECURRENT_ACTIVATION, ScorerWeights
 
 
 class ItemTable(keras.layers.Layer):
@@ -26,18 +26,29 @@ class ItemTable(keras.layers.Layer):
         token_table: (num_items + 1, length) token ids of each item, required with `bert`.
     """
 
-    def __init__(self, text_vectors: np.ndarray, dim: int, id_embedding: bool = True, bert=None,
-                 token_table: np.ndarray | None = None, id_dropout: float = 0.0, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        text_vectors: np.ndarray,
+        dim: int,
+        id_embedding: bool = True,
+        bert=None,
+        token_table: np.ndarray | None = None,
+        id_dropout: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.id_dropout = id_dropout
         self.num_rows, self.text_dim = text_vectors.shape
         self.text_table = self.add_weight(
-            name="text_vectors", shape=text_vectors.shape, trainable=False,
+            name="text_vectors",
+            shape=text_vectors.shape,
+            trainable=False,
             initializer=keras.initializers.Constant(text_vectors.astype("float32")),
-        )  # fmt: skip
+        )
         self.projection = keras.layers.Dense(dim, name="projection")
-        self.id_embedding = self.add_weight(name="id_embedding", shape=(self.num_rows, dim), trainable=id_embedding,
-                                            initializer="zeros")  # fmt: skip
+        self.id_embedding = self.add_weight(
+            name="id_embedding", shape=(self.num_rows, dim), trainable=id_embedding, initializer="zeros"
+        )
         self.item_bias = self.add_weight(name="item_bias", shape=(self.num_rows,), initializer="zeros")
         self.bert = bert
         self.token_table = None if token_table is None else tf.constant(token_table, dtype=tf.int32)
@@ -87,7 +98,14 @@ class SequenceRecommender(keras.Model):
         self.config = config
         self.items = item_table
         self.dropout = keras.layers.Dropout(config.dropout)
-        self.lstm = keras.layers.LSTM(config.lstm_units, return_sequences=True, name="lstm")
+        # Spelled out because the numpy scorer repeats this computation (gate order: scoring.LSTM_GATES).
+        self.lstm = keras.layers.LSTM(
+            config.lstm_units,
+            activation=LSTM_ACTIVATION,
+            recurrent_activation=LSTM_RECURRENT_ACTIVATION,
+            return_sequences=True,
+            name="lstm",
+        )
         self.user_projection = keras.layers.Dense(config.dim, name="user_projection")
         self.head = keras.layers.Dense(1, kernel_initializer="ones", name="head")  # starts as a plain dot product
         self.positive_weight = positive_weight(config, num_sampled_items)
@@ -149,8 +167,9 @@ def sampled_bce(logits: "tf.Tensor", targets: "tf.Tensor", negatives: "tf.Tensor
     return tf.reduce_sum((positive_loss + negative_loss) * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
 
 
-def build_model(config: TrainConfig, text_vectors: np.ndarray, bert=None, token_table: np.ndarray | None = None
-                ) -> SequenceRecommender:  # fmt: skip
+def build_model(
+    config: TrainConfig, text_vectors: np.ndarray, bert=None, token_table: np.ndarray | None = None
+) -> SequenceRecommender:
     """Build and compile the model for a catalog.
 
     Args:
@@ -162,8 +181,15 @@ def build_model(config: TrainConfig, text_vectors: np.ndarray, bert=None, token_
     Returns:
         A compiled SequenceRecommender whose weights exist.
     """
-    table = ItemTable(text_vectors, config.dim, id_embedding=config.id_embedding, bert=bert, token_table=token_table,
-                      id_dropout=config.id_dropout, name="items")  # fmt: skip
+    table = ItemTable(
+        text_vectors,
+        config.dim,
+        id_embedding=config.id_embedding,
+        bert=bert,
+        token_table=token_table,
+        id_dropout=config.id_dropout,
+        name="items",
+    )
     model = SequenceRecommender(config, table, num_sampled_items=text_vectors.shape[0] - 1)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
     dummy = np.zeros((1, 2), dtype="int64")
@@ -171,34 +197,34 @@ def build_model(config: TrainConfig, text_vectors: np.ndarray, bert=None, token_
     return model
 
 
-def export_scorer_arrays(model: SequenceRecommender, batch_size: int = 256) -> dict[str, np.ndarray]:
+def export_scorer_weights(model: SequenceRecommender, batch_size: int = 256) -> ScorerWeights:
     """Return the weights the numpy scorer needs; with a fine-tuned BERT, its item vectors are recomputed."""
     items = model.items
     if items.bert is None:
         text_vectors = items.text_table.numpy()
     else:
-        parts = [items.text_vectors(tf.range(start, min(start + batch_size, items.num_rows))).numpy()
-                 for start in range(0, items.num_rows, batch_size)]  # fmt: skip
+        parts = [
+            items.text_vectors(tf.range(start, min(start + batch_size, items.num_rows))).numpy()
+            for start in range(0, items.num_rows, batch_size)
+        ]
         text_vectors = np.concatenate(parts)
         text_vectors[0] = 0.0
     kernel, recurrent_kernel, bias = model.lstm.cell.get_weights()
-    arrays = {
-        "text_vectors": text_vectors,
-        "projection_kernel": items.projection.kernel.numpy(),
-        "projection_bias": items.projection.bias.numpy(),
-        "id_embedding": items.id_embedding.numpy(),
-        "item_bias": items.item_bias.numpy(),
-        "lstm_kernel": kernel,
-        "lstm_recurrent_kernel": recurrent_kernel,
-        "lstm_bias": bias,
-        "user_kernel": model.user_projection.kernel.numpy(),
-        "user_bias": model.user_projection.bias.numpy(),
-        "head_kernel": model.head.kernel.numpy(),
-        "head_bias": model.head.bias.numpy(),
-        "cold_item_bias": np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])], dtype="float32"),
-    }
-    assert set(arrays) == set(SCORER_ARRAYS)
-    return arrays
+    return ScorerWeights(
+        text_vectors=text_vectors,
+        projection_kernel=items.projection.kernel.numpy(),
+        projection_bias=items.projection.bias.numpy(),
+        id_embedding=items.id_embedding.numpy(),
+        item_bias=items.item_bias.numpy(),
+        lstm_kernel=kernel,
+        lstm_recurrent_kernel=recurrent_kernel,
+        lstm_bias=bias,
+        user_kernel=model.user_projection.kernel.numpy(),
+        user_bias=model.user_projection.bias.numpy(),
+        head_kernel=model.head.kernel.numpy(),
+        head_bias=model.head.bias.numpy(),
+        cold_item_bias=np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])]),
+    )
 
 
 def cold_item_bias(config: TrainConfig, item_bias: np.ndarray) -> float:
@@ -229,25 +255,26 @@ def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
     model.items.item_bias.assign(bias)
 
 
-def warm_start(model: SequenceRecommender, arrays: dict[str, np.ndarray], old_item_ids: list[str],
-               new_item_ids: list[str]) -> None:  # fmt: skip
+def warm_start(
+    model: SequenceRecommender, weights: ScorerWeights, old_item_ids: list[str], new_item_ids: list[str]
+) -> None:
     """Copy a previous run's weights into a model whose catalog may have grown or been reordered.
 
     Shared layers are copied as they are; per-item rows (ID vector, bias) follow their item id, and items the
     previous run did not know start from zero. Frozen text vectors always come from the current extraction.
     """
     items = model.items
-    items.projection.kernel.assign(arrays["projection_kernel"])
-    items.projection.bias.assign(arrays["projection_bias"])
+    items.projection.kernel.assign(weights.projection_kernel)
+    items.projection.bias.assign(weights.projection_bias)
     old_row = {item_id: row for row, item_id in enumerate(old_item_ids, start=1)}
     rows = np.array([old_row.get(item_id, 0) for item_id in new_item_ids], dtype="int64")
     known = rows > 0
     id_embedding = np.zeros(items.id_embedding.shape, dtype="float32")
-    id_embedding[1:][known] = arrays["id_embedding"][rows[known]]
+    id_embedding[1:][known] = weights.id_embedding[rows[known]]
     items.id_embedding.assign(id_embedding)
     bias = np.zeros(items.item_bias.shape, dtype="float32")
-    bias[1:][known] = arrays["item_bias"][rows[known]]
+    bias[1:][known] = weights.item_bias[rows[known]]
     items.item_bias.assign(bias)
-    model.lstm.cell.set_weights([arrays["lstm_kernel"], arrays["lstm_recurrent_kernel"], arrays["lstm_bias"]])
-    model.user_projection.set_weights([arrays["user_kernel"], arrays["user_bias"]])
-    model.head.set_weights([arrays["head_kernel"], arrays["head_bias"]])
+    model.lstm.cell.set_weights([weights.lstm_kernel, weights.lstm_recurrent_kernel, weights.lstm_bias])
+    model.user_projection.set_weights([weights.user_kernel, weights.user_bias])
+    model.head.set_weights([weights.head_kernel, weights.head_bias])

@@ -6,18 +6,18 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from bigrec_cli.errors import ArtifactError, NotTrainedError
 
 DATA_DIR = "data"
 EVENTS_FILE = "events.parquet"
 ITEMS_FILE = "items.parquet"
-SPLIT_FILE = "split.parquet"
 DATA_META_FILE = "data.json"
 FEATURES_DIR = "features"
 ITEM_VECTORS_FILE = "item_vectors.npz"
@@ -32,7 +32,6 @@ RETRAIN_LOG = "retrain.log.jsonl"
 LOCK_FILE = "retrain.lock"
 
 RUN_CONFIG = "config.json"
-RUN_WEIGHTS = "model.weights.h5"
 RUN_SCORER = "scorer.npz"
 RUN_ITEM_VOCAB = "item_vocab.json"
 RUN_METRICS = "metrics.json"
@@ -40,40 +39,55 @@ RUN_HISTORY = "history.json"
 RUN_MANIFEST = "manifest.json"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that readers see the old file or the whole new one, never a part."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; when the block succeeds, move it over `path` in one step.
+
+    Readers see the old file or the whole new one, never a part; on failure the temporary file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
+        yield temporary
+        with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    finally:
+        temporary.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside `path`; when the block succeeds, rename it to `path`.
+
+    If `path` appeared meanwhile (another process finished the same work first), the staging folder is dropped.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        try:
+            staging.rename(path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` atomically (see `atomic_file`), with the permissions a new file would get."""
+    with atomic_file(path) as temporary:
+        temporary.write_bytes(payload)
+        os.chmod(temporary, 0o666 & ~_umask())
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
     """Write `value` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def atomic_temporary(path: Path) -> Path:
-    """Return a fresh temporary path beside `path`, for writers that need a file name (Parquet, HDF5)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-
-
-def commit_temporary(temporary: Path, path: Path) -> None:
-    """Move a finished temporary file over `path` in one step."""
-    with open(temporary, "rb") as stream:
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
 
 
 def append_json_line(path: Path, value: Any) -> None:
@@ -113,12 +127,25 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path} is damaged: {error}", hint="rerun the step that writes it") from None
 
 
-def file_sha256(path: Path) -> str:
-    """Return the hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
+def _hash_file(digest: "hashlib._Hash", path: Path) -> None:
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def files_sha256(paths: Iterable[Path]) -> str:
+    """Return one hex SHA-256 over the name and bytes of each file, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        _hash_file(digest, path)
     return digest.hexdigest()
 
 
@@ -170,10 +197,6 @@ class ProjectDir:
     @property
     def items_path(self) -> Path:
         return self.data_dir / ITEMS_FILE
-
-    @property
-    def split_path(self) -> Path:
-        return self.data_dir / SPLIT_FILE
 
     @property
     def data_meta_path(self) -> Path:

@@ -96,10 +96,21 @@ def scorer_ranks(scorer: Scorer, cases: HoldoutCases, max_len: int, batch_size: 
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
 
 
-def scorer_report(scorer: Scorer, cases: HoldoutCases, max_len: int, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
+def scorer_report(
+    scorer: Scorer, cases: HoldoutCases, max_len: int, cutoffs: tuple[int, ...] = CUTOFFS
+) -> dict[str, float]:
     """Return HR/NDCG/MRR at each cutoff for the scorer on the cases."""
     return ranking_report(scorer_ranks(scorer, cases, max_len), cutoffs)
 
 
-__all__ = ["PROTOCOL", "HoldoutCases", "indexed_events", "user_sequences", "holdout_cases", "training_windows",
-           "left_pad", "scorer_ranks", "scorer_report"]  # fmt: skip
+__all__ = [
+    "PROTOCOL",
+    "HoldoutCases",
+    "indexed_events",
+    "user_sequences",
+    "holdout_cases",
+    "training_windows",
+    "left_pad",
+    "scorer_ranks",
+    "scorer_report",
+]

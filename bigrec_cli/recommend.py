@@ -2,72 +2,50 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bigrec_cli import project as names
-from bigrec_cli.errors import ArtifactError, ConfigError
+from bigrec_cli.artifacts import live_scorer, load_run
+from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir, file_sha256, read_json
-from bigrec_cli.scoring import Scorer, sigmoid
-from bigrec_cli.vectors import load_item_vectors
+from bigrec_cli.project import ProjectDir
+from bigrec_cli.scoring import sigmoid
 
 MAX_K = 1000
 STATE_CACHE_SIZE = 100_000
 WARM_USERS = 20_000
 
 
-@dataclass(frozen=True)
-class Run:
-    """A completed, verified training run."""
-
-    run_id: str
-    directory: Path
-    config: dict
-    item_ids: list[str]
-    manifest: dict
-    metrics: dict
+def spreadsheet_safe(text: str) -> str:
+    """Prefix a cell that a spreadsheet would run as a formula (=, +, -, @) with an apostrophe."""
+    if text and (text[0] in "=+@\t\r" or (text[0] == "-" and not text[1:].replace(".", "", 1).isdigit())):
+        return "'" + text
+    return text
 
 
-def load_run(run_dir: Path) -> Run:
-    """Read a run after checking every file against the checksums in its manifest."""
-    manifest = read_json(run_dir / names.RUN_MANIFEST)
-    for name, expected in manifest.get("files", {}).items():
-        path = run_dir / name
-        if not path.exists():
-            raise ArtifactError(f"{path} is missing", hint="train again or `bigrec runs promote` another run")
-        if file_sha256(path) != expected:
-            raise ArtifactError(f"{path} does not match its checksum in the manifest (damaged)",
-                                hint="train again or promote another run")  # fmt: skip
-    return Run(
-        run_id=run_dir.name,
-        directory=run_dir,
-        config=read_json(run_dir / names.RUN_CONFIG),
-        item_ids=read_json(run_dir / names.RUN_ITEM_VOCAB),
-        manifest=manifest,
-        metrics=read_json(run_dir / names.RUN_METRICS),
-    )
-
-
-def load_scorer(run: Run) -> Scorer:
-    """Return the run's numpy scorer."""
-    return Scorer.load(run.directory / names.RUN_SCORER, run.item_ids)
-
-
-def load_live_scorer(project: ProjectDir, run: Run) -> Scorer:
-    """The run's scorer, plus items extracted after it (e.g. new items from feedback), scored from their text.
-
-    Only when the project's item vectors come from the same BERT as the run's; a fine-tuned run's vectors differ.
-    """
-    scorer = load_scorer(run)
-    if project.features_meta_path.exists() and not run.config.get("fine_tune_bert"):
-        meta = read_json(project.features_meta_path)
-        if meta.get("model_key") == run.manifest.get("features_model_key"):
-            scorer.add_items(*load_item_vectors(project.item_vectors_path))
-    return scorer
+def answers_csv(answers: list[dict]) -> str:
+    """Return answers as CSV text, one row per recommended item, with formula cells neutralised."""
+    stream = io.StringIO(newline="")
+    writer = csv.writer(stream)
+    writer.writerow(["user_id", "rank", "item_id", "title", "score", "cold_start"])
+    for answer in answers:
+        for item in answer["items"]:
+            score = "" if item["score"] is None else f"{item['score']:.6f}"
+            writer.writerow(
+                [
+                    spreadsheet_safe(answer["user_id"]),
+                    item["rank"],
+                    spreadsheet_safe(item["item_id"]),
+                    spreadsheet_safe(item["title"]),
+                    score,
+                    int(answer["cold_start"]),
+                ]
+            )
+    return stream.getvalue()
 
 
 class Recommender:
@@ -81,8 +59,8 @@ class Recommender:
     def __init__(self, project: ProjectDir, run_dir: Path | None = None) -> None:
         self.project = project
         self.run = load_run(run_dir or project.current_run_dir())
-        self.scorer = load_live_scorer(project, self.run)
-        self.max_len = int(self.run.config["max_len"])
+        self.scorer = live_scorer(project, self.run)
+        self.max_len = self.run.config.max_len
         self.store = FeedbackStore(project.feedback_db)
         self._state_cache: dict[bytes, np.ndarray] = {}
         items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
@@ -118,16 +96,14 @@ class Recommender:
             self._user_states(self.scorer.encode_sequences(histories, self.max_len))
         return len(chosen)
 
-    def history(self, user_id: str) -> list[str]:
-        """Return the user's items, oldest first: preprocessed events, then feedback; each item once, at its latest."""
-        return self.histories([user_id])[0]
-
     def histories(self, user_ids: list[str]) -> list[list[str]]:
         """Return the histories of many users, reading the feedback store once for a large batch."""
         if len(user_ids) > 32:
             frame = self.store.events_frame()
-            feedback = {user: list(zip(group["item_id"], group["timestamp"]))
-                        for user, group in frame.groupby("user_id", sort=False)}  # fmt: skip
+            feedback = {
+                user: list(zip(group["item_id"], group["timestamp"]))
+                for user, group in frame.groupby("user_id", sort=False)
+            }
             live = [feedback.get(user_id, []) for user_id in user_ids]
         else:
             live = [self.store.user_events(user_id) for user_id in user_ids]
@@ -191,10 +167,14 @@ class Recommender:
     def _top_k(self, logits: np.ndarray, histories: list[list[str]], k: int, exclude_seen: bool) -> list[list[dict]]:
         """Return the answer items of each row of (users, items) logits, for all rows at once."""
         if exclude_seen:
-            seen = [[self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
-                    for history in histories]  # fmt: skip
+            seen = [
+                [self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
+                for history in histories
+            ]
             rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
-            logits[rows, np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))] = -np.inf
+            logits[
+                rows, np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))
+            ] = -np.inf
         keep = min(k, logits.shape[1])
         top = np.argpartition(logits, logits.shape[1] - keep, axis=1)[:, logits.shape[1] - keep :]
         values = np.take_along_axis(logits, top, axis=1)
@@ -202,10 +182,14 @@ class Recommender:
         top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
         probabilities = sigmoid(values)
         item_ids = self.scorer.item_ids
-        return [[self._item(rank, item_ids[column], float(probability))
-                 for rank, (column, value, probability) in enumerate(zip(top_row, value_row, probability_row), start=1)
-                 if np.isfinite(value)]
-                for top_row, value_row, probability_row in zip(top, values, probabilities)]  # fmt: skip
+        return [
+            [
+                self._item(rank, item_ids[column], float(probability))
+                for rank, (column, value, probability) in enumerate(zip(top_row, value_row, probability_row), start=1)
+                if np.isfinite(value)
+            ]
+            for top_row, value_row, probability_row in zip(top, values, probabilities)
+        ]
 
     def _item(self, rank: int, item_id: str, score: float | None) -> dict:
         return {"rank": rank, "item_id": item_id, "title": self.titles.get(item_id, ""), "score": score}

@@ -69,15 +69,16 @@ def write_report(directory: Path, report: dict, ranks: dict[str, np.ndarray], hi
         cells = "".join(f"<td{' class=best' if value == best else ''}>{value:.4f}</td>" for value in values)
         rows.append(f"<tr><th>{key}</th>{cells}</tr>")
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>bigrec evaluation {html.escape(report['run_id'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>bigrec evaluation {html.escape(report["run_id"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{padding:4px 12px;border-bottom:1px solid #ddd;text-align:right}}
 .best{{font-weight:bold;color:#d62728}}img{{max-width:100%}}</style></head><body>
 <h1>bigrec evaluation</h1>
-<p>Run <code>{html.escape(report['run_id'])}</code>: {report['num_users']} test users, {report['num_items']} items.
-AUC {report['auc']:.4f}, log loss {report['log_loss']:.4f} ({html.escape(report['protocol']['auc_log_loss'])}).</p>
-<p><small>{html.escape(report['protocol']['split'])}. Baselines: {html.escape(report['protocol']['baselines'])}.</small></p>
-<table><tr><th>metric</th>{''.join(f'<th>{html.escape(name)}</th>' for name in names)}</tr>{''.join(rows)}</table>
+<p>Run <code>{html.escape(report["run_id"])}</code>: {report["num_users"]} test users, {report["num_items"]} items.
+AUC {report["auc"]:.4f}, log loss {report["log_loss"]:.4f} ({html.escape(report["protocol"]["auc_log_loss"])}).</p>
+<p><small>{html.escape(report["protocol"]["split"])}.
+Baselines: {html.escape(report["protocol"]["baselines"])}.</small></p>
+<table><tr><th>metric</th>{"".join(f"<th>{html.escape(name)}</th>" for name in names)}</tr>{"".join(rows)}</table>
 <h2>Ranking quality by cutoff</h2><img src="ndcg_at_k.png" alt="NDCG@K"><img src="hr_at_k.png" alt="HR@K">
 <h2>Training</h2><img src="training.png" alt="training curves">
 </body></html>

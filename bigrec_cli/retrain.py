@@ -10,16 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bigrec_cli import data as data_module
-from bigrec_cli.bertfiles import checkpoint_from_paths
+from bigrec_cli.artifacts import live_scorer, load_run
+from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID
+from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, fold_feedback, load_events
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir, append_json_line, read_json
+from bigrec_cli.project import ProjectDir, append_json_line
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
-from bigrec_cli.recommend import load_live_scorer, load_run
-
-EXIT_PROMOTED, EXIT_REJECTED = 0, 3
 
 
 @dataclass(frozen=True)
@@ -54,16 +51,26 @@ def project_lock(project: ProjectDir) -> Iterator[bool]:
 def holdout_reports(project: ProjectDir, run_dir: Path, events) -> dict[str, dict[str, float]]:
     """Score a run on the validation and test splits of `events` (today's data, feedback folded in)."""
     run = load_run(run_dir)
-    scorer = load_live_scorer(project, run)
+    scorer = live_scorer(project, run)
     indexed = indexed_events(events, scorer.item_ids)
-    max_len = int(run.config["max_len"])
-    return {"valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len),
-            "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len)}  # fmt: skip
+    max_len = run.config.max_len
+    return {
+        "valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len),
+        "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len),
+    }
 
 
-def retrain(project: ProjectDir, *, epochs: int | None = None, tolerance: float = 0.005, seed: int | None = None,
-            learning_rate: float | None = None, verbose: int = 2, on_epoch: Callable[[dict], None] | None = None,
-            on_stage: Callable[[str], None] | None = None) -> RetrainResult:  # fmt: skip
+def retrain(
+    project: ProjectDir,
+    *,
+    epochs: int | None = None,
+    tolerance: float = 0.005,
+    seed: int | None = None,
+    learning_rate: float | None = None,
+    verbose: int = 2,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RetrainResult:
     """Retrain on everything the project knows and promote the result only if it is not worse.
 
     Args:
@@ -92,29 +99,37 @@ def retrain(project: ProjectDir, *, epochs: int | None = None, tolerance: float 
         say("extracting vectors for new or changed items")
         from bigrec_cli import features
 
-        meta = read_json(project.features_meta_path)
-        checkpoint = checkpoint_from_paths(Path(meta["config_path"]), Path(meta["checkpoint_path"]), Path(meta["dict_path"]))
+        checkpoint, meta = extraction_checkpoint(project)
         clock = time.perf_counter()
         extracted = features.extract(project, checkpoint, pooling=meta["pooling"], max_length=meta["max_length"])
         durations["extract_s"] = time.perf_counter() - clock
 
         say("training, warm-started from " + (current_id or "scratch"))
-        from bigrec_cli import train as training
+        from bigrec_cli.train import train
 
-        base = TrainConfig.from_dict(load_run(current_dir).config) if current_dir else TrainConfig()
-        overrides = {key: value for key, value in (("epochs", epochs), ("seed", seed),
-                                                               ("learning_rate", learning_rate)) if value is not None}
+        base = load_run(current_dir).config if current_dir else TrainConfig()
+        overrides = {
+            key: value
+            for key, value in (("epochs", epochs), ("seed", seed), ("learning_rate", learning_rate))
+            if value is not None
+        }
         config = TrainConfig.from_dict({**base.to_dict(), **overrides, "fine_tune_bert": False})
         clock = time.perf_counter()
-        result = training.train(project, config, verbose=verbose, on_epoch=on_epoch, include_feedback=True,
-                                warm_start_from=current_dir, promote=False)  # fmt: skip
+        result = train(
+            project,
+            config,
+            verbose=verbose,
+            on_epoch=on_epoch,
+            include_feedback=True,
+            warm_start_from=current_dir,
+            promote=False,
+        )
         durations["train_s"] = time.perf_counter() - clock
 
         say("evaluating candidate and current run on the same split")
         clock = time.perf_counter()
         rowid = int(load_run(result.run_dir).manifest["feedback_rowid"])
-        events = data_module.fold_feedback(data_module.load_events(project),
-                                           FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))  # fmt: skip
+        events = fold_feedback(load_events(project), FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))
         candidate = holdout_reports(project, result.run_dir, events)
         incumbent = holdout_reports(project, current_dir, events) if current_dir else None
         durations["evaluate_s"] = time.perf_counter() - clock

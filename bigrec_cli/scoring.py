@@ -6,56 +6,133 @@ This is what `recommend` and `evaluate` run, so neither pays TensorFlow's import
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from bigrec_cli.vectors import load_arrays
+from bigrec_cli.errors import ArtifactError
+from bigrec_cli.vectors import load_arrays, save_arrays
 
-SCORER_ARRAYS = (
-    "text_vectors", "projection_kernel", "projection_bias", "id_embedding", "item_bias", "lstm_kernel",
-    "lstm_recurrent_kernel", "lstm_bias", "user_kernel", "user_bias", "head_kernel", "head_bias", "cold_item_bias",
-)  # fmt: skip
-# Arrays a run written by an earlier version may lack, with how to stand in for them.
-OPTIONAL_ARRAYS = {"cold_item_bias": lambda arrays: np.median(arrays["item_bias"][1:], keepdims=True)}
+# The LSTM as Keras computes it: `model.py` builds its layer from these, and `Scorer` steps through them in numpy.
+LSTM_GATES = ("input", "forget", "candidate", "output")  # Keras' order of the gate blocks in kernel columns
+LSTM_ACTIVATION = "tanh"  # of the candidate and of the cell state
+LSTM_RECURRENT_ACTIVATION = "sigmoid"  # of the input, forget and output gates
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
+ACTIVATIONS = {"tanh": np.tanh, "sigmoid": sigmoid}
+
+
+@dataclass(frozen=True)
+class ScorerWeights:
+    """Every array the numpy forward pass needs, checked for names and shapes when built.
+
+    Row 0 of the per-item arrays is padding. Shapes: `rows` item rows, `text_dim` BERT size, `dim` item/user vector
+    size, `units` LSTM units.
+    """
+
+    text_vectors: np.ndarray  # (rows, text_dim)
+    projection_kernel: np.ndarray  # (text_dim, dim)
+    projection_bias: np.ndarray  # (dim,)
+    id_embedding: np.ndarray  # (rows, dim)
+    item_bias: np.ndarray  # (rows,)
+    lstm_kernel: np.ndarray  # (dim, 4 units)
+    lstm_recurrent_kernel: np.ndarray  # (units, 4 units)
+    lstm_bias: np.ndarray  # (4 units,)
+    user_kernel: np.ndarray  # (units, dim)
+    user_bias: np.ndarray  # (dim,)
+    head_kernel: np.ndarray  # (dim, 1)
+    head_bias: np.ndarray  # (1,)
+    cold_item_bias: np.ndarray  # (1,)
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            object.__setattr__(self, item.name, np.asarray(getattr(self, item.name), dtype="float32"))
+        rows, text_dim = self.text_vectors.shape
+        dim = self.projection_kernel.shape[-1]
+        units = self.lstm_recurrent_kernel.shape[0]
+        expected = {
+            "text_vectors": (rows, text_dim),
+            "projection_kernel": (text_dim, dim),
+            "projection_bias": (dim,),
+            "id_embedding": (rows, dim),
+            "item_bias": (rows,),
+            "lstm_kernel": (dim, 4 * units),
+            "lstm_recurrent_kernel": (units, 4 * units),
+            "lstm_bias": (4 * units,),
+            "user_kernel": (units, dim),
+            "user_bias": (dim,),
+            "head_kernel": (dim, 1),
+            "head_bias": (1,),
+            "cold_item_bias": (1,),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ArtifactError(
+                    f"scorer array {name} has shape {getattr(self, name).shape}, expected {shape}",
+                    hint="the run is damaged or from another version: train again",
+                )
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ScorerWeights":
+        """Build from named arrays (a `scorer.npz`), refusing missing or unknown names."""
+        arrays = dict(arrays)
+        if "cold_item_bias" not in arrays and "item_bias" in arrays:  # runs written before it existed
+            arrays["cold_item_bias"] = np.median(arrays["item_bias"][1:], keepdims=True)
+        names = {item.name for item in fields(cls)}
+        if set(arrays) != names:
+            missing, unknown = sorted(names - set(arrays)), sorted(set(arrays) - names)
+            raise ArtifactError(
+                f"scorer arrays do not match: missing {missing}, unknown {unknown}",
+                hint="the run is damaged or from another version: train again",
+            )
+        return cls(**arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "ScorerWeights":
+        """Read `scorer.npz` without pickle."""
+        return cls.from_arrays(load_arrays(path))
+
+    def save(self, path: Path) -> None:
+        """Write `scorer.npz` atomically."""
+        save_arrays(path, **self.arrays())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
 class Scorer:
     """Scores items for behaviour sequences with a trained run's weights.
 
     Args:
-        arrays: The exported weights (see SCORER_ARRAYS); row 0 of the item arrays is padding.
+        weights: The exported weights; row 0 of the item arrays is padding.
         item_ids: Item id of rows 1…N.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], item_ids: list[str]) -> None:
-        arrays = dict(arrays)
-        for name, stand_in in OPTIONAL_ARRAYS.items():
-            if name not in arrays:
-                arrays[name] = stand_in(arrays)
-        self.arrays = {name: np.asarray(arrays[name], dtype="float32") for name in SCORER_ARRAYS}
+    def __init__(self, weights: ScorerWeights, item_ids: list[str]) -> None:
+        if len(item_ids) + 1 != weights.text_vectors.shape[0]:
+            raise ArtifactError(
+                f"the scorer has {weights.text_vectors.shape[0] - 1} items, the vocabulary {len(item_ids)}",
+                hint="the run is damaged: train again",
+            )
+        self.weights = weights
         self.item_ids = list(item_ids)
         self.index_of = {item_id: index + 1 for index, item_id in enumerate(self.item_ids)}
         self._refresh()
 
-    @classmethod
-    def load(cls, path: Path, item_ids: list[str]) -> "Scorer":
-        """Read `scorer.npz` without pickle."""
-        return cls(load_arrays(path), item_ids)
-
     def _refresh(self) -> None:
-        a = self.arrays
-        vectors = a["text_vectors"] @ a["projection_kernel"] + a["projection_bias"] + a["id_embedding"]
+        w = self.weights
+        vectors = w.text_vectors @ w.projection_kernel + w.projection_bias + w.id_embedding
         vectors[0] = 0.0
         self.input_vectors = vectors.astype("float32")
-        self.output_vectors = (vectors * a["head_kernel"][:, 0]).astype("float32")
-        self.output_bias = (a["item_bias"] + a["head_bias"][0]).astype("float32")
+        self.output_vectors = (vectors * w.head_kernel[:, 0]).astype("float32")
+        self.output_bias = (w.item_bias + w.head_bias[0]).astype("float32")
         # The LSTM's input transform depends only on the item: apply it once per item, not once per step and user.
-        self.input_gates = (self.input_vectors @ a["lstm_kernel"] + a["lstm_bias"]).astype("float32")
+        self.input_gates = (self.input_vectors @ w.lstm_kernel + w.lstm_bias).astype("float32")
 
     @property
     def num_items(self) -> int:
@@ -66,11 +143,13 @@ class Scorer:
         fresh = [index for index, item_id in enumerate(item_ids) if item_id not in self.index_of]
         if not fresh:
             return
-        a = self.arrays
-        cold_bias = float(a["cold_item_bias"][0])
-        a["text_vectors"] = np.concatenate([a["text_vectors"], text_vectors[fresh].astype("float32")])
-        a["id_embedding"] = np.concatenate([a["id_embedding"], np.zeros((len(fresh), a["id_embedding"].shape[1]), "float32")])
-        a["item_bias"] = np.concatenate([a["item_bias"], np.full(len(fresh), cold_bias, "float32")])
+        w = self.weights
+        self.weights = replace(
+            w,
+            text_vectors=np.concatenate([w.text_vectors, text_vectors[fresh]]),
+            id_embedding=np.concatenate([w.id_embedding, np.zeros((len(fresh), w.id_embedding.shape[1]))]),
+            item_bias=np.concatenate([w.item_bias, np.full(len(fresh), w.cold_item_bias[0])]),
+        )
         for index in fresh:
             self.item_ids.append(item_ids[index])
             self.index_of[item_ids[index]] = len(self.item_ids)
@@ -85,8 +164,8 @@ class Scorer:
         Returns:
             (num_users, dim) user vectors, one LSTM pass for the whole batch.
         """
-        a = self.arrays
-        units = a["lstm_recurrent_kernel"].shape[0]
+        w = self.weights
+        units = w.lstm_recurrent_kernel.shape[0]
         num_users, length = sequences.shape
         hidden = np.zeros((num_users, units), dtype="float32")
         cell = np.zeros((num_users, units), dtype="float32")
@@ -98,7 +177,7 @@ class Scorer:
         # the step runs on that prefix only (no work, no masking for rows still in their padding).
         order = np.argsort(starts, kind="stable")
         sorted_starts, rows = starts[order], sequences[order]
-        recurrent = a["lstm_recurrent_kernel"]
+        recurrent = w.lstm_recurrent_kernel
         for step in range(int(sorted_starts[0]) if num_users else length, length):
             active = int(np.searchsorted(sorted_starts, step, side="right"))
             gates = self.input_gates[rows[:active, step]]
@@ -106,32 +185,31 @@ class Scorer:
             self._lstm_step(gates, hidden[:active], cell[:active], units)
         states = np.empty_like(hidden)
         states[order] = hidden
-        return states @ a["user_kernel"] + a["user_bias"]
+        return states @ w.user_kernel + w.user_bias
 
     @staticmethod
     def _lstm_step(gates: np.ndarray, hidden: np.ndarray, cell: np.ndarray, units: int) -> None:
-        """One Keras LSTM step (gate order i, f, c, o; sigmoid and tanh), updating hidden and cell in place."""
-        input_forget = sigmoid(gates[:, : 2 * units])
-        candidate = np.tanh(gates[:, 2 * units : 3 * units])
-        output = sigmoid(gates[:, 3 * units :])
-        cell *= input_forget[:, units:]
-        cell += input_forget[:, :units] * candidate
-        np.multiply(output, np.tanh(cell), out=hidden)
+        """One Keras LSTM step over gate blocks in `LSTM_GATES` order, updating hidden and cell in place."""
+        block = {name: slice(position * units, (position + 1) * units) for position, name in enumerate(LSTM_GATES)}
+        recurrent, activation = ACTIVATIONS[LSTM_RECURRENT_ACTIVATION], ACTIVATIONS[LSTM_ACTIVATION]
+        cell *= recurrent(gates[:, block["forget"]])
+        cell += recurrent(gates[:, block["input"]]) * activation(gates[:, block["candidate"]])
+        np.multiply(recurrent(gates[:, block["output"]]), activation(cell), out=hidden)
 
     def _user_states_with_gaps(self, sequences: np.ndarray) -> np.ndarray:
         """The same LSTM for rows with padding inside them: a padded step leaves that row's state as it was."""
-        a = self.arrays
-        units = a["lstm_recurrent_kernel"].shape[0]
+        w = self.weights
+        units = w.lstm_recurrent_kernel.shape[0]
         hidden = np.zeros((len(sequences), units), dtype="float32")
         cell = np.zeros((len(sequences), units), dtype="float32")
         for step in range(sequences.shape[1]):
             active = sequences[:, step] > 0
             new_hidden, new_cell = hidden.copy(), cell.copy()
-            gates = self.input_gates[sequences[:, step]] + hidden @ a["lstm_recurrent_kernel"]
+            gates = self.input_gates[sequences[:, step]] + hidden @ w.lstm_recurrent_kernel
             self._lstm_step(gates, new_hidden, new_cell, units)
             hidden = np.where(active[:, None], new_hidden, hidden)
             cell = np.where(active[:, None], new_cell, cell)
-        return hidden @ a["user_kernel"] + a["user_bias"]
+        return hidden @ w.user_kernel + w.user_bias
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:
         """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1)."""

@@ -16,13 +16,13 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 import bigrec_cli
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import IngestSummary, Row, ingest, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
 
@@ -31,13 +31,17 @@ MAX_EVENTS_PER_REQUEST = 10_000
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-def _generation(project: ProjectDir) -> tuple[str | None, float]:
+def project_generation(project: ProjectDir) -> Callable[[], Hashable]:
     """What the served model depends on: the promoted run and the item vectors' write time."""
-    try:
-        features_time = project.features_meta_path.stat().st_mtime
-    except FileNotFoundError:
-        features_time = 0.0
-    return project.current_run_id(), features_time
+
+    def generation() -> Hashable:
+        try:
+            features_time = project.features_meta_path.stat().st_mtime
+        except FileNotFoundError:
+            features_time = 0.0
+        return project.current_run_id(), features_time
+
+    return generation
 
 
 @dataclass
@@ -45,35 +49,38 @@ class ServingState:
     """The recommender in use and how it was loaded. Replaced whole, never mutated, on reload."""
 
     recommender: Recommender
-    generation: tuple[str | None, float]
+    generation: Hashable
     loaded_at: float = field(default_factory=time.time)
 
 
 class ModelWatcher:
-    """Polls the project and swaps in a freshly loaded Recommender when `current` or the item vectors change.
+    """Polls what the model depends on and swaps in a freshly loaded recommender when it changes.
 
     Args:
-        project: The project directory.
+        load: Builds a ready recommender (the promoted run, its users warmed).
+        generation: Returns a value that changes whenever `load` would give a different recommender.
         poll_seconds: How often to look.
     """
 
-    def __init__(self, project: ProjectDir, poll_seconds: float = 1.0, warm_users: int = WARM_USERS) -> None:
-        self.project = project
+    def __init__(
+        self, load: Callable[[], Recommender], generation: Callable[[], Hashable], poll_seconds: float = 1.0
+    ) -> None:
+        self.load = load
+        self.generation = generation
         self.poll_seconds = poll_seconds
-        self.warm_users = warm_users
-        generation = _generation(project)
-        self.state = ServingState(self._load(), generation)
+        first = generation()
+        self.state = ServingState(load(), first)
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> bool:
-        """Reload if the project changed; return True when a new model was swapped in."""
-        generation = _generation(self.project)
+        """Reload if the generation changed; return True when a new model was swapped in."""
+        generation = self.generation()
         if generation == self.state.generation:
             return False
         try:
-            fresh = self._load()
+            fresh = self.load()
         except Exception as error:  # a damaged or half-promoted run must not take the server down
             self.last_error = f"{type(error).__name__}: {error}"
             return False
@@ -82,13 +89,6 @@ class ModelWatcher:
         gc.collect()  # the previous model's objects, then keep the new one out of the collector's way
         gc.freeze()
         return True
-
-    def _load(self) -> Recommender:
-        """A recommender for the project's current run, its most recent users' states computed (see `warm`)."""
-        recommender = Recommender(self.project)
-        if self.warm_users:
-            recommender.warm(self.warm_users)
-        return recommender
 
     def start(self) -> None:
         def loop() -> None:
@@ -102,20 +102,28 @@ class ModelWatcher:
         self._stop.set()
 
 
-def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: float = 1.0,
-               max_body_bytes: int = MAX_BODY_BYTES, watch: bool = True, warm_users: int = WARM_USERS) -> FastAPI:  # fmt: skip
-    """Build the ASGI app.
+def create_app(
+    *,
+    load: Callable[[], Recommender],
+    generation: Callable[[], Hashable],
+    ingest: Callable[[list[Row]], IngestSummary],
+    token: str | None = None,
+    poll_seconds: float = 1.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    watch: bool = True,
+) -> FastAPI:
+    """Build the ASGI app from what it needs; `project_app` wires these to a project directory.
 
     Args:
-        project: The project to serve (it must have a promoted run).
+        load: Returns a ready recommender (`recommend(user, k, exclude_seen)`, `run.run_id`, `scorer.num_items`).
+        generation: Returns a value that changes when `load` would return a different recommender.
+        ingest: Stores decoded feedback rows all or nothing and returns what it did.
         token: When set, every endpoint but /health needs `Authorization: Bearer <token>`.
         poll_seconds: How often to look for a newly promoted run.
         max_body_bytes: Largest accepted request body.
         watch: Start the background watcher (tests may call `app.state.watcher.check()` instead).
-        warm_users: How many of the most recently active users get their LSTM state computed before a run serves.
     """
-    watcher = ModelWatcher(project, poll_seconds, warm_users)
-    store = FeedbackStore(project.feedback_db)
+    watcher = ModelWatcher(load, generation, poll_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -124,8 +132,12 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
         yield
         watcher.stop()
 
-    app = FastAPI(title="bigrec", version=bigrec_cli.__version__, lifespan=lifespan,
-                  description="Real-time recommendations from a BERT → LSTM → sigmoid model.")  # fmt: skip
+    app = FastAPI(
+        title="bigrec",
+        version=bigrec_cli.__version__,
+        lifespan=lifespan,
+        description="Real-time recommendations from a BERT → LSTM → sigmoid model.",
+    )
     app.state.watcher = watcher
 
     def authorize(authorization: str = Header("", include_in_schema=False)) -> None:
@@ -139,13 +151,19 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
     async def health() -> dict[str, Any]:
         """Liveness and the run being served."""
         state = watcher.state
-        return {"status": "ok", "run_id": state.recommender.run.run_id, "loaded_at": state.loaded_at,
-                "num_items": state.recommender.scorer.num_items, "reload_error": watcher.last_error}  # fmt: skip
+        return {
+            "status": "ok",
+            "run_id": state.recommender.run.run_id,
+            "loaded_at": state.loaded_at,
+            "num_items": state.recommender.scorer.num_items,
+            "reload_error": watcher.last_error,
+        }
 
     # `async def`: the work is a few milliseconds of CPU, cheaper run inline than handed to a thread pool.
     @app.get("/recommend", dependencies=guarded)
-    async def recommend(user: str = Query(min_length=1, max_length=256), k: int = Query(10, ge=1, le=MAX_K),
-                        include_seen: bool = False) -> Response:  # fmt: skip
+    async def recommend(
+        user: str = Query(min_length=1, max_length=256), k: int = Query(10, ge=1, le=MAX_K), include_seen: bool = False
+    ) -> Response:
         """Top-k items for the user's latest behaviour, the same answer as `bigrec recommend --json`."""
         answer = watcher.state.recommender.recommend(user, k=k, exclude_seen=not include_seen)
         return Response(json.dumps(answer), media_type="application/json")
@@ -173,11 +191,7 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
             raise HTTPException(400, 'send a non-empty JSON list of events, or {"events": [...]}')
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
-        rows = [(number, event if isinstance(event, dict) else None, json.dumps(event)[:2000])
-                for number, event in enumerate(events, start=1)]  # fmt: skip
-        recommender = watcher.state.recommender
-        summary = store.ingest_rows(rows, source="http", known_items=recommender.catalog_items,
-                                    rejects_path=None, all_or_nothing=True)  # fmt: skip
+        summary = ingest(rows_from_objects(events))
         result = {key: value for key, value in summary.__dict__.items() if key != "rejects_path"}
         if summary.num_rejected:
             result["detail"] = "no event stored: fix the rejected events and resend"
@@ -187,10 +201,30 @@ def create_app(project: ProjectDir, *, token: str | None = None, poll_seconds: f
     return app
 
 
+def project_app(
+    project: ProjectDir, *, token: str | None = None, warm_users: int = WARM_USERS, **options: Any
+) -> FastAPI:
+    """The app over a project: its promoted run, warmed for the `warm_users` most recent users, and its store."""
+
+    def load() -> Recommender:
+        recommender = Recommender(project)
+        if warm_users:
+            recommender.warm(warm_users)
+        return recommender
+
+    def store(rows: list[Row]) -> IngestSummary:
+        return ingest(project, rows, source="http", all_or_nothing=True)
+
+    return create_app(load=load, generation=project_generation(project), ingest=store, token=token, **options)
+
+
 def app_from_environment() -> FastAPI:
     """App factory for uvicorn worker processes: the project, token and warm-up size come from the environment."""
-    app = create_app(ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])), token=os.environ.get("BIGREC_TOKEN") or None,
-                     warm_users=int(os.environ.get("BIGREC_WARM_USERS", WARM_USERS)))  # fmt: skip
+    app = project_app(
+        ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])),
+        token=os.environ.get("BIGREC_TOKEN") or None,
+        warm_users=int(os.environ.get("BIGREC_WARM_USERS", WARM_USERS)),
+    )
     tune_process_for_serving()
     return app
 
@@ -211,13 +245,20 @@ def tune_process_for_serving() -> None:
     gc.freeze()
 
 
-def run(project: ProjectDir, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-        workers: int = 1, warm_users: int = WARM_USERS) -> None:  # fmt: skip
+def run(
+    project: ProjectDir,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    workers: int = 1,
+    warm_users: int = WARM_USERS,
+) -> None:
     """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port."""
     import uvicorn
 
     if workers == 1:
-        app = create_app(project, token=token, warm_users=warm_users)
+        app = project_app(project, token=token, warm_users=warm_users)
         tune_process_for_serving()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
@@ -225,5 +266,12 @@ def run(project: ProjectDir, *, host: str = "127.0.0.1", port: int = 8000, token
     os.environ["BIGREC_WARM_USERS"] = str(warm_users)
     if token:
         os.environ["BIGREC_TOKEN"] = token
-    uvicorn.run("bigrec_cli.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
-                log_level="warning", access_log=False)  # fmt: skip
+    uvicorn.run(
+        "bigrec_cli.serve:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )

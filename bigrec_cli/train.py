@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -13,20 +11,18 @@ from typing import Callable
 
 import numpy as np
 
-import bigrec_cli
-from bigrec_cli import data as data_module
-from bigrec_cli import project as names
+from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
-from bigrec_cli.bertfiles import checkpoint_from_paths
+from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID, fold_feedback, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.model import build_model, export_scorer_arrays, reset_cold_items, warm_start
-from bigrec_cli.project import ProjectDir, atomic_write_json, file_sha256, read_json
+from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
+from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report, training_windows, user_sequences
-from bigrec_cli.scoring import Scorer
-from bigrec_cli.vectors import load_item_vectors, save_arrays
+from bigrec_cli.scoring import Scorer, ScorerWeights
+from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
 
@@ -77,7 +73,9 @@ class WindowBatches(keras.utils.Sequence):
         if self.cumulative is None:
             negatives = rng.integers(1, self.num_items + 1, size=shape)
         else:
-            negatives = np.minimum(np.searchsorted(self.cumulative, rng.random(shape), side="right"), self.num_items - 1) + 1
+            negatives = (
+                np.minimum(np.searchsorted(self.cumulative, rng.random(shape), side="right"), self.num_items - 1) + 1
+            )
         return {"sequences": inputs, "targets": targets, "negatives": negatives}
 
     def on_epoch_end(self) -> None:
@@ -132,8 +130,14 @@ class WeightAverage(keras.callbacks.Callback):
 class EarlyStopping(keras.callbacks.Callback):
     """Scores the validation split with the numpy scorer after each epoch, keeps the best weights, stops on patience."""
 
-    def __init__(self, cases, item_ids: list[str], config: TrainConfig, on_epoch: Callable[[dict], None] | None,
-                 average: WeightAverage | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cases,
+        item_ids: list[str],
+        config: TrainConfig,
+        on_epoch: Callable[[dict], None] | None,
+        average: WeightAverage | None = None,
+    ) -> None:
         super().__init__()
         self.cases, self.item_ids, self.config, self.on_epoch = cases, item_ids, config, on_epoch
         self.average = average
@@ -142,11 +146,14 @@ class EarlyStopping(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
-            arrays = export_scorer_arrays(self.model)
+            exported = export_scorer_weights(self.model)
             weights = self.model.get_weights()
-        report = scorer_report(Scorer(arrays, self.item_ids), self.cases, self.config.max_len)
-        entry = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))),
-                 **{f"val_{name}": value for name, value in report.items()}}  # fmt: skip
+        report = scorer_report(Scorer(exported, self.item_ids), self.cases, self.config.max_len)
+        entry = {
+            "epoch": epoch + 1,
+            "loss": float((logs or {}).get("loss", float("nan"))),
+            **{f"val_{name}": value for name, value in report.items()},
+        }
         self.history.append(entry)
         if self.on_epoch is not None:
             self.on_epoch(entry)
@@ -162,8 +169,7 @@ class EarlyStopping(keras.callbacks.Callback):
 def _fine_tune_parts(project: ProjectDir, texts: list[str]):
     from bigrec_cli.features import BertEncoder
 
-    meta = read_json(project.features_meta_path)
-    checkpoint = checkpoint_from_paths(Path(meta["config_path"]), Path(meta["checkpoint_path"]), Path(meta["dict_path"]))
+    checkpoint, meta = extraction_checkpoint(project)
     encoder = BertEncoder(checkpoint, pooling="mean", max_length=min(meta["max_length"], FINE_TUNE_MAX_TOKENS))
     tokens = encoder.tokenize(texts)
     table = np.zeros((len(tokens) + 1, max(map(len, tokens))), dtype="int32")
@@ -172,10 +178,17 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
     return encoder.model, table
 
 
-def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
-          on_epoch: Callable[[dict], None] | None = None, include_feedback: bool = False,
-          warm_start_from: Path | None = None, promote: bool = True,
-          exclude_items: set[str] | None = None) -> TrainResult:  # fmt: skip
+def train(
+    project: ProjectDir,
+    config: TrainConfig,
+    *,
+    verbose: int = 2,
+    on_epoch: Callable[[dict], None] | None = None,
+    include_feedback: bool = False,
+    warm_start_from: Path | None = None,
+    promote: bool = True,
+    exclude_items: set[str] | None = None,
+) -> TrainResult:
     """Train on the project's train split and promote the new run when it is complete.
 
     Args:
@@ -198,9 +211,9 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
     item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
     store = FeedbackStore(project.feedback_db)
     feedback_rowid = store.max_rowid() if include_feedback else 0
-    raw_events = data_module.load_events(project)
+    raw_events = load_events(project)
     if include_feedback:
-        raw_events = data_module.fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid))
+        raw_events = fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid))
     if exclude_items:
         raw_events = raw_events[~raw_events["item_id"].isin(exclude_items)]
     events = indexed_events(raw_events, item_ids)
@@ -219,11 +232,8 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
         bert, token_table = _fine_tune_parts(project, [str(texts.get(item, "")) for item in item_ids])
     model = build_model(config, table, bert=bert, token_table=token_table)
     if warm_start_from is not None:
-        from bigrec_cli.recommend import load_run
-        from bigrec_cli.vectors import load_arrays
-
         previous = load_run(warm_start_from)
-        warm_start(model, load_arrays(previous.directory / names.RUN_SCORER), previous.item_ids, item_ids)
+        warm_start(model, ScorerWeights.load(previous.directory / RUN_SCORER), previous.item_ids, item_ids)
     batches = WindowBatches(inputs, targets, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(cases, item_ids, config, on_epoch, average)
@@ -236,45 +246,34 @@ def train(project: ProjectDir, config: TrainConfig, *, verbose: int = 2,
     cold = counts == 0
     cold[0] = False
     reset_cold_items(model, cold)
-    arrays = export_scorer_arrays(model)
-    metrics = {f"val_{name}": value for name, value in scorer_report(Scorer(arrays, item_ids), cases, config.max_len).items()}
-
-    run_id = project.new_run_id()
-    staging = project.staging_run_dir(run_id)
-    staging.mkdir(parents=True)
-    try:
-        model.save_weights(str(staging / names.RUN_WEIGHTS))
-        save_arrays(staging / names.RUN_SCORER, **arrays)
-        atomic_write_json(staging / names.RUN_CONFIG, config.to_dict())
-        atomic_write_json(staging / names.RUN_ITEM_VOCAB, item_ids)
-        atomic_write_json(staging / names.RUN_HISTORY, stopper.history)
-        atomic_write_json(staging / names.RUN_METRICS, {**metrics, "best_epoch": stopper.best_epoch,
-                                                          "epochs_run": len(stopper.history),
-                                                          "num_cold_items": int(cold.sum())})  # fmt: skip
-        data_meta = read_json(project.data_meta_path)
-        atomic_write_json(
-            staging / names.RUN_MANIFEST,
-            {
-                "run_id": run_id,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "bigrec": bigrec_cli.__version__,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                **versions(),
-                "data_fingerprint": data_meta["fingerprint"],
-                "features_model_key": features_meta["model_key"],
-                "features_model": features_meta["model"],
-                "feedback_rowid": feedback_rowid,
-                "warm_start_from": warm_start_from.name if warm_start_from else None,
-                "train_seconds": round(time.perf_counter() - started, 3),
-                "files": {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()},
-            },
-        )
-        final = project.run_dir(run_id)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    weights = export_scorer_weights(model)
+    metrics = {
+        f"val_{name}": value for name, value in scorer_report(Scorer(weights, item_ids), cases, config.max_len).items()
+    }
+    final = write_run(
+        project,
+        config=config,
+        weights=weights,
+        item_ids=item_ids,
+        history=stopper.history,
+        metrics={
+            **metrics,
+            "best_epoch": stopper.best_epoch,
+            "epochs_run": len(stopper.history),
+            "num_cold_items": int(cold.sum()),
+        },
+        manifest={
+            **versions(),
+            "data_fingerprint": read_json(project.data_meta_path)["fingerprint"],
+            "features_model_key": features_meta["model_key"],
+            "features_model": features_meta["model"],
+            "feedback_rowid": feedback_rowid,
+            "warm_start_from": warm_start_from.name if warm_start_from else None,
+            "train_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
     if promote:
         project.promote(final)
-    return TrainResult(run_id, final, stopper.best_epoch, len(stopper.history), metrics, time.perf_counter() - started)
+    return TrainResult(
+        final.name, final, stopper.best_epoch, len(stopper.history), metrics, time.perf_counter() - started
+    )

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from bigrec_cli.errors import ArtifactError
-from bigrec_cli.project import atomic_temporary, commit_temporary
+from bigrec_cli.project import atomic_file
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
     """Write named arrays to an `.npz` file atomically."""
-    temporary = atomic_temporary(path)
-    try:
-        with open(temporary, "wb") as stream:
-            np.savez(stream, **arrays)
-        commit_temporary(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_file(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, **arrays)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -28,7 +24,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing", hint="rerun the step that writes it") from None
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise ArtifactError(f"{path} is damaged: {error}", hint="rerun the step that writes it") from None
 
 

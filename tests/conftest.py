@@ -13,6 +13,13 @@ SAMPLE = REPO / "sample_data"
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that train a model (through the shared trained project) belong to the slow tier."""
+    for item in items:
+        if {"trained_project", "trained_copy"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -44,7 +51,15 @@ def trained_project(tmp_path_factory, cache_dir) -> Path:
     os.environ["BIGREC_CACHE_DIR"] = str(cache_dir)
     os.environ["BIGREC_BERT"] = "tiny"
     steps = [
-        ["preprocess", "--project-dir", str(root), "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")],
+        [
+            "preprocess",
+            "--project-dir",
+            str(root),
+            "--events",
+            str(SAMPLE / "events.csv"),
+            "--items",
+            str(SAMPLE / "items.csv"),
+        ],
         ["extract", "--project-dir", str(root)],
         ["train", "--project-dir", str(root), "--epochs", "4", "--seed", "1"],
     ]

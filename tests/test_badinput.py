@@ -48,8 +48,11 @@ FEEDBACK_CASES = {
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}  # fmt: skip
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
@@ -101,7 +104,12 @@ def test_mixed_feedback_rows_are_rejected_one_by_one(good_project):
     result = invoke("ingest-feedback", str(CORPUS / "fb_mixed.jsonl"), "--json")
     assert result.exit_code == 2
     summary = json.loads(result.stdout)
-    assert (summary["num_rows"], summary["num_accepted"], summary["num_duplicates"], summary["num_rejected"]) == (11, 3, 1, 7)
+    assert (summary["num_rows"], summary["num_accepted"], summary["num_duplicates"], summary["num_rejected"]) == (
+        11,
+        3,
+        1,
+        7,
+    )
     reasons = {entry["line"]: entry["reason"] for entry in summary["rejections"]}
     assert "weight is not finite" in reasons[2]
     assert "timestamp 'inf'" in reasons[3] and "timestamp '-5'" in reasons[4]
@@ -112,7 +120,7 @@ def test_mixed_feedback_rows_are_rejected_one_by_one(good_project):
 
 def test_formula_text_is_stored_as_text_and_neutralised_in_csv_output(trained_copy, tmp_path):
     feedback = tmp_path / "f.jsonl"
-    feedback.write_text(json.dumps({"user_id": "u0001", "item_id": "evil", "title": "=HYPERLINK(\"http://x\")"}) + "\n")
+    feedback.write_text(json.dumps({"user_id": "u0001", "item_id": "evil", "title": '=HYPERLINK("http://x")'}) + "\n")
     assert invoke("ingest-feedback", "--project-dir", str(trained_copy), str(feedback)).exit_code == 0
     assert invoke("extract", "--project-dir", str(trained_copy)).exit_code == 0
     users = tmp_path / "users.txt"
@@ -125,10 +133,21 @@ def test_formula_text_is_stored_as_text_and_neutralised_in_csv_output(trained_co
 
 # Property-based tests ------------------------------------------------------------------------------------------
 
-scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                   st.text(max_size=40), st.lists(st.integers(), max_size=2))  # fmt: skip
-rows = st.dictionaries(st.sampled_from(["user_id", "item_id", "timestamp", "weight", "event", "event_id", "title",
-                                        "text", "description", "other"]), scalar, max_size=9)  # fmt: skip
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.integers(), max_size=2),
+)
+rows = st.dictionaries(
+    st.sampled_from(
+        ["user_id", "item_id", "timestamp", "weight", "event", "event_id", "title", "text", "description", "other"]
+    ),
+    scalar,
+    max_size=9,
+)
 
 
 @given(rows)
@@ -151,13 +170,15 @@ def test_read_rows_never_crashes_on_arbitrary_text(text):
     import io
 
     try:
-        for number, row, _raw in read_rows(io.StringIO(text), "fuzz"):
-            assert number >= 1 and (row is None or isinstance(row, dict))
+        for row in read_rows(io.StringIO(text), "fuzz"):
+            assert row.line >= 1 and (row.values is None or isinstance(row.values, dict))
     except DataError as error:
         assert "fuzz" in str(error)
 
 
-cell = st.one_of(st.text(max_size=12), st.integers(-5, 2_000_000_000).map(str), st.sampled_from(["nan", "inf", "", "2024-01-01"]))
+cell = st.one_of(
+    st.text(max_size=12), st.integers(-5, 2_000_000_000).map(str), st.sampled_from(["nan", "inf", "", "2024-01-01"])
+)
 
 
 @given(st.lists(st.tuples(cell, cell, cell), min_size=0, max_size=12))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigrec_cli.hfimport import google_name, minilm_installed, read_safetensors
+from bigrec_cli.checkpoints import google_name, minilm_installed, read_safetensors
 from tests.conftest import REPO, SAMPLE, invoke
 
 FIXTURE = REPO / "bench" / "fixtures" / "minilm_reference.npz"
@@ -16,7 +16,7 @@ CHINESE_CHARS = "推荐系统电影音乐新闻体育科技美食旅游历史小
 
 @pytest.fixture(scope="module")
 def chinese_bert(tmp_path_factory):
-    from bigrec_cli.features import write_tiny_checkpoint
+    from bigrec_cli.checkpoints import write_tiny_checkpoint
 
     source = tmp_path_factory.mktemp("zh-source")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "，", "。", *CHINESE_CHARS, *"abcdefghijklmnopqrstuvwxyz"]
@@ -45,7 +45,10 @@ def test_length_batches_by_hand():
     # 3 3 3 + 4 would pad 4×4 = 16 > 1.02 × 13 tokens; 4 + 10 would pad 20 > 1.02 × 14
     assert as_lists == [[1, 3, 5], [2], [0, 4]]
     # up to 50% padding: 16 ≤ 1.5 × 13 joins the 4; the cap of 4 rows starts a new batch
-    assert [batch.tolist() for batch in length_batches(lengths, batch_size=4, max_padding=0.5)] == [[1, 3, 5, 2], [0, 4]]
+    assert [batch.tolist() for batch in length_batches(lengths, batch_size=4, max_padding=0.5)] == [
+        [1, 3, 5, 2],
+        [0, 4],
+    ]
     assert [batch.tolist() for batch in length_batches(lengths, batch_size=2)] == [[1, 3], [5], [2], [0, 4]]
     assert length_batches([], batch_size=4) == []
 
@@ -74,8 +77,14 @@ def test_chinese_catalog_extracts_end_to_end(chinese_bert, project, tmp_path):
 def test_hf_names_map_to_google_names():
     assert google_name("embeddings.word_embeddings.weight") == ("bert/embeddings/word_embeddings", False)
     assert google_name("bert.embeddings.LayerNorm.weight") == ("bert/embeddings/LayerNorm/gamma", False)
-    assert google_name("encoder.layer.3.attention.self.query.weight") == ("bert/encoder/layer_3/attention/self/query/kernel", True)
-    assert google_name("encoder.layer.11.attention.output.LayerNorm.bias") == ("bert/encoder/layer_11/attention/output/LayerNorm/beta", False)
+    assert google_name("encoder.layer.3.attention.self.query.weight") == (
+        "bert/encoder/layer_3/attention/self/query/kernel",
+        True,
+    )
+    assert google_name("encoder.layer.11.attention.output.LayerNorm.bias") == (
+        "bert/encoder/layer_11/attention/output/LayerNorm/beta",
+        False,
+    )
     assert google_name("encoder.layer.0.output.dense.bias") == ("bert/encoder/layer_0/output/dense/bias", False)
     assert google_name("pooler.dense.weight") == ("bert/pooler/dense/kernel", True)
     assert google_name("embeddings.position_ids") == (None, False)
@@ -99,13 +108,16 @@ def test_safetensors_reader_round_trips(tmp_path):
     assert np.array_equal(read["a"], tensors["a"]) and np.array_equal(read["b"], tensors["b"])
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "roberta"}, "not BERT"),
-    ({"position_embedding_type": "relative_key"}, "'relative_key' position embeddings"),
-    ({"layer_norm_eps": 1e-5}, "layer_norm_eps"),
-    ("no-vocab", "has no vocab.txt"),
-    ("pickle-only", "pytorch_model.bin, a pickle"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "roberta"}, "not BERT"),
+        ({"position_embedding_type": "relative_key"}, "'relative_key' position embeddings"),
+        ({"layer_norm_eps": 1e-5}, "layer_norm_eps"),
+        ("no-vocab", "has no vocab.txt"),
+        ("pickle-only", "pytorch_model.bin, a pickle"),
+    ],
+)
 def test_import_bert_refuses_what_cannot_convert(tmp_path, change, message):
     source = tmp_path / "hf"
     source.mkdir()
@@ -129,14 +141,17 @@ requires_minilm = pytest.mark.skipif(not minilm_installed(), reason="gt-all-mini
 
 @requires_minilm
 def test_import_bert_converts_minilm_and_extract_uses_it(tmp_path, project):
-    from bigrec_cli.hfimport import minilm_source
+    from bigrec_cli.checkpoints import minilm_source
 
     destination = tmp_path / "minilm-google"
     result = invoke("import-bert", str(minilm_source()), str(destination))
     assert result.exit_code == 0, result.stderr
     config = json.loads((destination / "bert_config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["hidden_act"]) == (384, 6, "gelu_erf")
-    assert invoke("preprocess", "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")).exit_code == 0
+    assert (
+        invoke("preprocess", "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")).exit_code
+        == 0
+    )
     result = invoke("extract", "--bert-dir", str(destination), "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["dim"] == 384
@@ -145,8 +160,8 @@ def test_import_bert_converts_minilm_and_extract_uses_it(tmp_path, project):
 @requires_minilm
 @pytest.mark.skipif(not FIXTURE.exists(), reason="reference fixture missing")
 def test_minilm_matches_the_transformers_reference():
+    from bigrec_cli.checkpoints import minilm_checkpoint
     from bigrec_cli.features import BertEncoder
-    from bigrec_cli.hfimport import minilm_checkpoint
 
     reference = np.load(FIXTURE, allow_pickle=False)
     texts = json.loads(str(reference["texts_json"]))
@@ -160,7 +175,9 @@ def test_minilm_matches_the_transformers_reference():
         assert tokens == expected_ids.tolist(), texts[index]
         ids = np.array([tokens], dtype="int32")
         hidden = encoder.model([ids, np.zeros_like(ids)], training=False).numpy()[0]
-        worst_hidden = max(worst_hidden, float(np.abs(hidden - reference["hidden"][offsets[index] : offsets[index + 1]]).max()))
+        worst_hidden = max(
+            worst_hidden, float(np.abs(hidden - reference["hidden"][offsets[index] : offsets[index + 1]]).max())
+        )
     pooled = encoder.encode(texts, batch_size=8)
     worst_pooled = float(np.abs(pooled - reference["pooled"]).max())
     print(f"max |Δ| hidden {worst_hidden:.2e}, pooled {worst_pooled:.2e}")
@@ -170,7 +187,7 @@ def test_minilm_matches_the_transformers_reference():
 
 @requires_minilm
 def test_minilm_is_converted_once_and_reused():
-    from bigrec_cli.hfimport import minilm_checkpoint
+    from bigrec_cli.checkpoints import minilm_checkpoint
 
     first = minilm_checkpoint()
     stamp = first.checkpoint_path.with_name("bert_model.ckpt.index").stat().st_mtime_ns

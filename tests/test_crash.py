@@ -18,8 +18,14 @@ from tests.conftest import REPO, invoke
 def kill_when(args, project, *, after_seconds=None, after_line=None, timeout=120):
     """Start `bigrec ARGS`, SIGKILL it when a stderr line starts with `after_line` or after `after_seconds`."""
     env = {**os.environ, "BIGREC_PROJECT_DIR": str(project)}
-    process = subprocess.Popen([sys.executable, "-m", "bigrec_cli", *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bigrec_cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if after_seconds is not None:
         time.sleep(after_seconds)
     else:

@@ -77,8 +77,13 @@ def test_feedback_changes_the_next_recommendation_without_retraining(trained_cop
     again = invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv"), "--json")
     assert json.loads(again.stdout)["num_accepted"] == 0
     # A brand-new user becomes warm with their first event.
-    new_user = invoke("ingest-feedback", "--project-dir", str(trained_copy), "-",
-                      input="user_id,item_id,timestamp\nfresh,i0003,1800000000\n")  # fmt: skip
+    new_user = invoke(
+        "ingest-feedback",
+        "--project-dir",
+        str(trained_copy),
+        "-",
+        input="user_id,item_id,timestamp\nfresh,i0003,1800000000\n",
+    )
     assert new_user.exit_code == 0
     assert recommend_json(trained_copy, "fresh")["cold_start"] is False
 
@@ -92,27 +97,6 @@ def test_new_item_from_feedback_gets_a_vector_at_next_extract(trained_copy):
     # The run never saw n0001, but its text vector makes it scorable for other users.
     answer = recommend_json(trained_copy, "u0001", k=400)
     assert "n0001" in {item["item_id"] for item in answer["items"]}
-
-
-def test_numpy_scorer_equals_keras_model(trained_project):
-    from bigrec_cli.config import TrainConfig
-    from bigrec_cli.model import build_model
-    from bigrec_cli.recommend import load_run, load_scorer
-    from bigrec_cli.vectors import load_arrays
-
-    project = ProjectDir(trained_project)
-    run = load_run(project.current_run_dir())
-    scorer = load_scorer(run)
-    config = TrainConfig.from_dict(run.config)
-    text = load_arrays(run.directory / "scorer.npz")["text_vectors"]
-    model = build_model(config, text)
-    model.load_weights(str(run.directory / "model.weights.h5"))
-    rng = np.random.default_rng(0)
-    sequences = np.zeros((8, config.max_len), dtype="int64")
-    for row in range(8):
-        length = rng.integers(1, 40)
-        sequences[row, -length:] = rng.integers(1, scorer.num_items + 1, size=length)
-    np.testing.assert_allclose(scorer.logits(sequences), model.catalog_logits(sequences), atol=1e-5, rtol=0)
 
 
 def test_same_seed_gives_same_metrics(tmp_path, trained_project):
@@ -144,8 +128,14 @@ def test_fine_tune_bert_trains_end_to_end(trained_copy):
 def test_killed_train_leaves_current_on_previous_run(trained_copy):
     previous = (trained_copy / "current").read_text()
     env = {**os.environ, "BIGREC_PROJECT_DIR": str(trained_copy)}
-    process = subprocess.Popen([sys.executable, "-m", "bigrec_cli", "train", "--epochs", "50", "--patience", "50"],
-                               cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bigrec_cli", "train", "--epochs", "50", "--patience", "50"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     deadline = time.time() + 120
     for line in process.stderr:
         if line.startswith("epoch 1:") or time.time() > deadline:
@@ -175,10 +165,13 @@ def test_steps_out_of_order_say_what_to_run(project):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bert-dir", "/nonexistent"], "is not a directory"),
-    (["--config-path", "x.json"], "go together"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bert-dir", "/nonexistent"], "is not a directory"),
+        (["--config-path", "x.json"], "go together"),
+    ],
+)
 def test_extract_checkpoint_errors(trained_copy, args, message):
     result = invoke("extract", "--project-dir", str(trained_copy), *args)
     assert result.exit_code == 1 and message in result.stderr

@@ -4,7 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bigrec_cli.data import order_and_deduplicate, parse_timestamps, split_by_time
+from bigrec_cli.data import order_and_deduplicate, split_by_time
+from bigrec_cli.events import parse_timestamps
 from tests.conftest import ML100K, SAMPLE, invoke
 
 
@@ -19,7 +20,9 @@ def items_csv(tmp_path):
 
 
 def test_split_last_is_test_second_last_is_valid():
-    events = pd.DataFrame({"user_id": ["u"] * 4 + ["v"] * 2, "item_id": list("abcdab"), "timestamp": [1, 2, 3, 4, 1, 2]})
+    events = pd.DataFrame(
+        {"user_id": ["u"] * 4 + ["v"] * 2, "item_id": list("abcdab"), "timestamp": [1, 2, 3, 4, 1, 2]}
+    )
     assert split_by_time(events).tolist() == ["train", "train", "valid", "test", "train", "train"]
 
 
@@ -38,7 +41,9 @@ def test_timestamps_unix_and_iso():
 
 
 def test_preprocess_sample_data_writes_parquet_and_split(project):
-    result = invoke("preprocess", "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv"), "--json")
+    result = invoke(
+        "preprocess", "--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv"), "--json"
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["num_items"] == 400 and summary["num_users"] == 300
@@ -81,7 +86,10 @@ def test_failed_preprocess_keeps_previous_data(tmp_path, project, items_csv):
 
 
 def test_unknown_items_can_be_dropped(tmp_path, project, items_csv):
-    events = write(tmp_path / "e.jsonl", '{"user_id":"u","item_id":"a","timestamp":1}\n{"user_id":"u","item_id":"x","timestamp":2}\n')
+    events = write(
+        tmp_path / "e.jsonl",
+        '{"user_id":"u","item_id":"a","timestamp":1}\n{"user_id":"u","item_id":"x","timestamp":2}\n',
+    )
     result = invoke("preprocess", "--events", str(events), "--items", str(items_csv), "--drop-unknown-items", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["num_events"] == 1

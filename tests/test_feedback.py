@@ -34,14 +34,16 @@ def test_ingest_is_idempotent_and_uses_wal(preprocessed, tmp_path):
 
 
 def test_rejected_rows_are_kept_with_reason_and_exit_2(preprocessed):
-    lines = "\n".join([
-        json.dumps({"user_id": "u1", "item_id": "i0001", "timestamp": 1800000000}),
-        json.dumps({"user_id": "u1", "item_id": "nope", "timestamp": 1800000001}),
-        "{not json",
-        json.dumps({"user_id": "", "item_id": "i0001"}),
-        json.dumps({"user_id": "u1", "item_id": "i0002", "timestamp": "soon"}),
-        json.dumps({"user_id": "u1", "item_id": "new-1", "title": "Brand new saxophone story"}),
-    ])
+    lines = "\n".join(
+        [
+            json.dumps({"user_id": "u1", "item_id": "i0001", "timestamp": 1800000000}),
+            json.dumps({"user_id": "u1", "item_id": "nope", "timestamp": 1800000001}),
+            "{not json",
+            json.dumps({"user_id": "", "item_id": "i0001"}),
+            json.dumps({"user_id": "u1", "item_id": "i0002", "timestamp": "soon"}),
+            json.dumps({"user_id": "u1", "item_id": "new-1", "title": "Brand new saxophone story"}),
+        ]
+    )
     result = invoke("ingest-feedback", "-", "--json", input=lines + "\n")
     assert result.exit_code == 2
     summary = json.loads(result.stdout)

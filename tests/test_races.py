@@ -37,10 +37,20 @@ def test_concurrent_ingest_stores_every_event_once(trained_copy, tmp_path):
         "    calls += 1\n"
         "print(calls)\n"
     )
-    reader = subprocess.Popen([sys.executable, "-c", loop], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    writers = [subprocess.Popen([sys.executable, "-m", "bigrec_cli", "ingest-feedback", str(path)], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for path in files]  # fmt: skip
+    reader = subprocess.Popen(
+        [sys.executable, "-c", loop], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bigrec_cli", "ingest-feedback", str(path)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for path in files
+    ]
     outcomes = [(writer.wait(timeout=300), writer.stderr.read()) for writer in writers]
     stop_file.touch()
     calls, reader_errors = reader.communicate(timeout=300)
@@ -53,5 +63,7 @@ def test_concurrent_ingest_stores_every_event_once(trained_copy, tmp_path):
     with sqlite3.connect(ProjectDir(trained_copy).feedback_db) as connection:
         stored = connection.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events").fetchone()
     assert stored == (expected, expected)
-    print(f"ingested {NUM_WRITERS}x{EVENTS_EACH} concurrently: stored {stored[0]} of {expected} distinct, "
-          f"{calls.strip()} recommend calls in another process meanwhile")
+    print(
+        f"ingested {NUM_WRITERS}x{EVENTS_EACH} concurrently: stored {stored[0]} of {expected} distinct, "
+        f"{calls.strip()} recommend calls in another process meanwhile"
+    )

@@ -12,7 +12,9 @@ from tests.conftest import SAMPLE, invoke
 def test_retrain_folds_feedback_in_and_promotes(trained_copy):
     project = ProjectDir(trained_copy)
     before = project.current_run_id()
-    assert invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv")).exit_code == 0
+    assert (
+        invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv")).exit_code == 0
+    )
     status = json.loads(invoke("status", "--project-dir", str(trained_copy), "--json").stdout)
     assert status["feedback_not_trained_on"] == 5
     result = invoke("retrain", "--project-dir", str(trained_copy), "--epochs", "2", "--json")
@@ -34,8 +36,18 @@ def test_retrain_folds_feedback_in_and_promotes(trained_copy):
 def test_worse_candidate_is_rejected_with_exit_3(trained_copy):
     project = ProjectDir(trained_copy)
     before = project.current_run_id()
-    result = invoke("retrain", "--project-dir", str(trained_copy), "--epochs", "1", "--learning-rate", "0.5",
-                    "--tolerance", "0", "--json")  # fmt: skip
+    result = invoke(
+        "retrain",
+        "--project-dir",
+        str(trained_copy),
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "0.5",
+        "--tolerance",
+        "0",
+        "--json",
+    )
     assert result.exit_code == 3, result.stderr
     record = json.loads(result.stdout)
     assert record["decision"] == "rejected"

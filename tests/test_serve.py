@@ -7,13 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bigrec_cli.project import ProjectDir
-from bigrec_cli.serve import create_app
+from bigrec_cli.serve import project_app
 from tests.conftest import invoke
 
 
 @pytest.fixture
 def client(trained_copy):
-    app = create_app(ProjectDir(trained_copy), token="s3cret", watch=False)
+    app = project_app(ProjectDir(trained_copy), token="s3cret", watch=False)
     with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as test_client:
         yield test_client
 
@@ -30,6 +30,7 @@ def assert_same_answer(served, cli):
     The server computes its users' LSTM states in one batch before serving, the CLI one user at a time, so the
     last bits of a score may differ (BLAS sums in another order).
     """
+
     def without_scores(answer):
         return {**answer, "items": [{**item, "score": None} for item in answer["items"]]}
 
@@ -51,8 +52,10 @@ def test_serve_answers_equal_the_cli(client, trained_copy):
 
 def test_feedback_over_http_changes_the_next_answer(client, trained_copy):
     before = client.get("/recommend", params={"user": "u0007"}).json()
-    events = [{"user_id": "u0007", "item_id": item, "timestamp": 1800000000 + n}
-              for n, item in enumerate(["i0003", "i0015", "i0027", "i0039"])]  # fmt: skip
+    events = [
+        {"user_id": "u0007", "item_id": item, "timestamp": 1800000000 + n}
+        for n, item in enumerate(["i0003", "i0015", "i0027", "i0039"])
+    ]
     response = client.post("/feedback", json={"events": events})
     assert response.status_code == 200, response.text
     assert response.json()["num_accepted"] == 4
@@ -69,14 +72,21 @@ def test_wrong_or_missing_token_is_401(client):
     assert client.get("/health", headers={"Authorization": ""}).status_code == 200
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "not JSON"),
-    (b'{"events": "x"}', 400, "non-empty JSON list"),
-    (b"[]", 400, "non-empty JSON list"),
-    (json.dumps([{"user_id": "u1", "item_id": "i0001"}, {"user_id": "", "item_id": "i0002"}]).encode(), 422, "rejected"),
-    (json.dumps([{"user_id": "u1", "item_id": "no-such-item"}]).encode(), 422, "rejected"),
-    (b"[" + b'{"user_id": "u1", "item_id": "i0001"},' * 40000 + b"{}]", 413, "larger than"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "not JSON"),
+        (b'{"events": "x"}', 400, "non-empty JSON list"),
+        (b"[]", 400, "non-empty JSON list"),
+        (
+            json.dumps([{"user_id": "u1", "item_id": "i0001"}, {"user_id": "", "item_id": "i0002"}]).encode(),
+            422,
+            "rejected",
+        ),
+        (json.dumps([{"user_id": "u1", "item_id": "no-such-item"}]).encode(), 422, "rejected"),
+        (b"[" + b'{"user_id": "u1", "item_id": "i0001"},' * 40000 + b"{}]", 413, "larger than"),
+    ],
+)
 def test_bad_bodies_are_4xx_and_store_nothing(client, trained_copy, body, status, message):
     response = client.post("/feedback", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
@@ -162,8 +172,13 @@ def test_real_server_process_serves_on_loopback(trained_project):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "BIGREC_PROJECT_DIR": str(trained_project), "BIGREC_TOKEN": "t0k"}
-    server = subprocess.Popen([sys.executable, "-m", "bigrec_cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bigrec_cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -219,5 +234,7 @@ def test_warmed_states_and_batch_answers_match_one_user_at_a_time(trained_projec
     one_by_one = [plain.recommend(user) for user in sample]
     for served, expected in zip(warmed.recommend_many(sample), one_by_one):
         assert_same_answer(served, expected)
-    for served, expected in zip(Recommender(project).recommend_many(sample, k=7), [plain.recommend(u, k=7) for u in sample]):
+    for served, expected in zip(
+        Recommender(project).recommend_many(sample, k=7), [plain.recommend(u, k=7) for u in sample]
+    ):
         assert_same_answer(served, expected)

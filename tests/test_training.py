@@ -69,33 +69,35 @@ def test_dropped_lookup_loses_id_vector_and_bias():
 
 @pytest.mark.parametrize(("id_dropout", "expect_zero"), [(0.0, False), (0.5, True)])
 def test_items_without_interactions_get_the_cold_bias(trained_copy, id_dropout, expect_zero):
-    from bigrec_cli.recommend import load_run, load_scorer
+    from bigrec_cli.artifacts import load_run, run_scorer
     from bigrec_cli.vectors import load_arrays
 
-    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--id-dropout", str(id_dropout),
-                    "--json")  # fmt: skip
+    result = invoke(
+        "train", "--project-dir", str(trained_copy), "--epochs", "1", "--id-dropout", str(id_dropout), "--json"
+    )
     assert result.exit_code == 0, result.stderr
     run = load_run(ProjectDir(trained_copy).current_run_dir())
     arrays = load_arrays(run.directory / "scorer.npz")
     expected = 0.0 if expect_zero else float(np.median(arrays["item_bias"][1:]))
     assert arrays["cold_item_bias"][0] == pytest.approx(expected, abs=1e-6)
-    scorer = load_scorer(run)
+    scorer = run_scorer(run)
     scorer.add_items(["brand-new"], np.ones((1, arrays["text_vectors"].shape[1]), "float32"))
-    assert scorer.arrays["item_bias"][-1] == pytest.approx(expected, abs=1e-6)
-    assert not scorer.arrays["id_embedding"][-1].any()
+    assert scorer.weights.item_bias[-1] == pytest.approx(expected, abs=1e-6)
+    assert not scorer.weights.id_embedding[-1].any()
 
 
 def test_scorer_reads_runs_written_before_the_cold_bias_existed(trained_project):
-    from bigrec_cli.recommend import load_run
-    from bigrec_cli.scoring import Scorer
+    from bigrec_cli.artifacts import load_run
+    from bigrec_cli.scoring import Scorer, ScorerWeights
     from bigrec_cli.vectors import load_arrays
 
     run = load_run(ProjectDir(trained_project).current_run_dir())
     arrays = load_arrays(run.directory / "scorer.npz")
     older = {name: value for name, value in arrays.items() if name != "cold_item_bias"}
-    scorer = Scorer(older, run.item_ids)
-    assert scorer.arrays["cold_item_bias"][0] == pytest.approx(np.median(arrays["item_bias"][1:]))
-    np.testing.assert_allclose(scorer.logits(np.array([[0, 1, 2]])), Scorer(arrays, run.item_ids).logits(np.array([[0, 1, 2]])))
+    scorer = Scorer(ScorerWeights.from_arrays(older), run.item_ids)
+    assert scorer.weights.cold_item_bias[0] == pytest.approx(np.median(arrays["item_bias"][1:]))
+    current = Scorer(ScorerWeights.from_arrays(arrays), run.item_ids)
+    np.testing.assert_allclose(scorer.logits(np.array([[0, 1, 2]])), current.logits(np.array([[0, 1, 2]])))
 
 
 def test_popularity_negatives_follow_training_counts():
@@ -119,9 +121,9 @@ def test_popularity_negatives_follow_training_counts():
 
 def test_scorer_treats_inner_padding_like_keras_masking(trained_project):
     """Rows with padding inside them take the general path: a padded step keeps the state, as Keras' mask does."""
-    from bigrec_cli.recommend import load_run, load_scorer
+    from bigrec_cli.artifacts import load_run, run_scorer
 
-    scorer = load_scorer(load_run(ProjectDir(trained_project).current_run_dir()))
+    scorer = run_scorer(load_run(ProjectDir(trained_project).current_run_dir()))
     gapped = np.array([[0, 3, 0, 5, 7], [0, 0, 4, 0, 2]])
     packed = np.array([[0, 0, 3, 5, 7], [0, 0, 0, 4, 2]])
     np.testing.assert_allclose(scorer.user_states(gapped), scorer.user_states(packed), atol=1e-6)
