@@ -1,13 +1,16 @@
-"""Recommendation quality on MovieLens 100K (`make bench-quality`).
+"""Recommendation quality on every dataset of the suite (`make bench-quality`).
 
-Protocol: all 100,000 ratings of ../shared/data/ml-100k as implicit interactions; per user by time, last event =
-test, second-to-last = validation, rest = train; full ranking over all 1,682 items with the user's history
-excluded; rank = number of items scored strictly higher. Items are encoded with all-MiniLM-L6-v2 (mean pooling).
-bigrec's default model (MiniLM vectors + learned ID vectors → LSTM(128) → Dense(1) → sigmoid, sampled-negative
-BCE) is trained with its default hyper-parameters for seeds 0, 1, 2 (at most 30 epochs; validation NDCG@10 of the
-moving average of the weights, decay 0.99, after each epoch; early stopping with patience 5) and evaluated once
-on test. Pop, ItemKNN and EASE (λ = 100) are computed by
-`bigrec evaluate` on the same split (they are deterministic: std 0). Writes bench/results/quality-ml100k.json.
+Protocol: each dataset is converted by bench/datasets.py into the generic events/items CSV files and fed to bigrec
+exactly as a user would: `bigrec preprocess --events --items`, `bigrec extract --bert minilm`, `bigrec train` with
+its default settings (no options but the seed), `bigrec evaluate --json`. Per user by time (ties in time ordered by
+a hash of user, item and time, never by row order): last event = test, second-to-last = validation, rest = train;
+full ranking over the whole catalog with the user's history excluded; rank = number of items scored strictly
+higher than the target. Pop, ItemKNN and EASE are ranked by `bigrec evaluate` on the same split, EASE's λ and
+ItemKNN's neighbours chosen by validation NDCG@10 (fit on train, then refit on train + validation for test).
+Seeds 0, 1, 2 (BENCH_SEEDS); mean ± population standard deviation over seeds. Suite: ml-100k (all 100,000
+MovieLens ratings as implicit events), online-retail (UCI Online Retail, novel-item protocol of its SOURCE.md),
+and their 25% user subsamples (ml-100k-25, online-retail-25). Writes bench/results/quality-<dataset>.json and the
+README table of each dataset. Reads ../shared/data; when it is absent, says so and stops.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ from pathlib import Path
 from results_io import protocol, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "ml-100k"
-WORK = ROOT / "bench" / ".work" / "quality"
-RESULTS = ROOT / "bench" / "results" / "quality-ml100k.json"
+DATA = Path(os.environ.get("BIGREC_DATA_DIR") or ROOT.parent / "shared" / "data")
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results"
+SUITE = ("ml-100k", "online-retail", "ml-100k-25", "online-retail-25")
 SEEDS = tuple(int(seed) for seed in os.environ.get("BENCH_SEEDS", "0,1,2").split(","))
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
+MODELS = ("bigrec", "ease", "itemknn", "pop")
+README = ROOT / "README.md"
 
 
-def bigrec(*args: str) -> str:
+def bigrec(project: Path, *args: str) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "bigrec_cli", *args, "--project-dir", str(WORK)],
+        [sys.executable, "-m", "bigrec_cli", *args, "--project-dir", str(project)],
         cwd=ROOT,
         check=True,
         stdout=subprocess.PIPE,
@@ -44,80 +50,101 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
-def main() -> None:
-    if not DATA.exists():
-        raise SystemExit(f"{DATA} is absent: this benchmark measures MovieLens 100K and stops here")
-    bigrec("preprocess", "--format", "movielens-100k", "--source", str(DATA))
-    bigrec("extract", "--bert", "minilm")
+def run_dataset(name: str) -> dict:
+    folder = WORK / "datasets" / name
+    if not (folder / "events.csv").exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "datasets.py"), name], cwd=ROOT, check=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    project = WORK / "quality" / name
+    bigrec(project, "preprocess", "--events", str(folder / "events.csv"), "--items", str(folder / "items.csv"))
+    bigrec(project, "extract", "--bert", "minilm")
     reports, seconds = [], []
     for seed in SEEDS:
         started = time.perf_counter()
-        trained = json.loads(bigrec("train", "--seed", str(seed), "--json"))
+        trained = json.loads(bigrec(project, "train", "--seed", str(seed), "--json"))
         seconds.append(time.perf_counter() - started)
-        report = json.loads(bigrec("evaluate", "--json"))
-        report["best_epoch"] = trained["best_epoch"]
+        report = json.loads(bigrec(project, "evaluate", "--json"))
+        report["best_epoch"], report["epochs_run"] = trained["best_epoch"], trained["epochs_run"]
         reports.append(report)
         print(
-            f"seed {seed}: test ndcg@10 {report['ndcg@10']:.4f} (ease {report['baselines']['ease']['ndcg@10']:.4f}),"
-            f" train {seconds[-1]:.0f} s",
+            f"{name} seed {seed}: test ndcg@10 {report['ndcg@10']:.4f} "
+            f"(ease {report['baselines']['ease']['ndcg@10']:.4f}), val {trained['val_ndcg@10']:.4f}, "
+            f"best epoch {trained['best_epoch']}, train {seconds[-1]:.0f} s",
             file=sys.stderr,
+            flush=True,
         )
     models = {"bigrec": {metric: summary([report[metric] for report in reports]) for metric in METRICS}}
     models["bigrec"]["train_wall_s"] = summary(seconds)
     models["bigrec"]["best_epoch"] = [report["best_epoch"] for report in reports]
-    for name in ("pop", "itemknn", "ease"):
-        models[name] = {
-            metric: summary([report["baselines"][name][metric] for report in reports]) for metric in METRICS
+    models["bigrec"]["epochs_run"] = [report["epochs_run"] for report in reports]
+    for baseline in MODELS[1:]:
+        models[baseline] = {
+            metric: summary([report["baselines"][baseline][metric] for report in reports]) for metric in METRICS
         }
-    result = {
-        "dataset": "MovieLens 100K (943 users, 1,682 items, 100,000 interactions)",
+    return {
+        "dataset": name,
+        "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
         "seeds": list(SEEDS),
         "models": models,
+        "baseline_settings": reports[0].get("baseline_settings"),
+        "ratio_to_ease": models["bigrec"]["ndcg@10"]["mean"] / models["ease"]["ndcg@10"]["mean"],
         "cpu_count": os.cpu_count(),
         "protocol": protocol(__doc__),
     }
-    write_result(RESULTS, result, echo=False)
-    update_readme(result)
-    print(results_table(result))
-
-
-NAMES = {
-    "bigrec": "bigrec (MiniLM → LSTM → sigmoid)",
-    "ease": "EASE (λ = 100)",
-    "itemknn": "ItemKNN",
-    "pop": "Pop",
-}
-README = ROOT / "README.md"
-TABLE_START, TABLE_END = "<!-- quality-table: written by bench/quality.py -->", "<!-- /quality-table -->"
 
 
 def results_table(result: dict) -> str:
-    """The README's results table, from quality-ml100k.json."""
-    models = result["models"]
+    """The README's results table of one dataset, from its quality-<dataset>.json."""
+    models, data = result["models"], result.get("data", {})
     seconds = models["bigrec"]["train_wall_s"]
+    settings = result.get("baseline_settings") or {}
     lines = [
-        f"Seeds {', '.join(map(str, result['seeds']))}; mean ± standard deviation over seeds; bigrec trained in "
-        f"{seconds['mean']:.0f} ± {seconds['std']:.0f} s per seed on {result['cpu_count']} cores "
-        f"(best epochs {', '.join(map(str, models['bigrec']['best_epoch']))}).",
+        f"**{result['dataset']}** ({data.get('users', 0):,} users, {data.get('items', 0):,} items, "
+        f"{data.get('events', 0):,} events). Seeds {', '.join(map(str, result['seeds']))}; mean ± standard "
+        f"deviation over seeds; bigrec trained in {seconds['mean']:.0f} ± {seconds['std']:.0f} s per seed on "
+        f"{result['cpu_count']} cores (best epochs {', '.join(map(str, models['bigrec']['best_epoch']))}); "
+        f"NDCG@10 {result['ratio_to_ease']:.2f} × EASE.",
         "",
         "| model | NDCG@10 | HR@10 | MRR@10 |",
         "| --- | --- | --- | --- |",
     ]
-    for name in ("bigrec", "ease", "itemknn", "pop"):
+    names = {
+        "bigrec": "bigrec (MiniLM → LSTM → sigmoid, defaults)",
+        "ease": f"EASE (λ = {settings.get('ease_l2', 100):g})",
+        "itemknn": f"ItemKNN ({settings.get('knn_neighbours', 100)} neighbours)",
+        "pop": "Pop",
+    }
+    for name in MODELS:
         cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in METRICS]
-        lines.append(f"| {NAMES[name]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def update_readme(result: dict) -> None:
-    """Replace the table between the README's markers with one generated from the result."""
+    """Replace the dataset's table between its README markers (added before the first table if missing)."""
+    start_mark = f"<!-- quality-table {result['dataset']}: written by bench/quality.py -->"
+    end_mark = f"<!-- /quality-table {result['dataset']} -->"
     text = README.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    if start_mark not in text:
+        anchor = text.index("<!-- quality-table")
+        text = text[:anchor] + f"{start_mark}\n{end_mark}\n\n" + text[anchor:]
+    start, end = text.index(start_mark) + len(start_mark), text.index(end_mark)
     README.write_text(text[:start] + "\n" + results_table(result) + "\n" + text[end:])
 
 
+def main(names: list[str]) -> None:
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is absent: this benchmark measures the shared datasets and stops here")
+    for name in names or SUITE:
+        result = run_dataset(name)
+        write_result(RESULTS / f"quality-{name}.json", result, echo=False)
+        update_readme(result)
+        print(results_table(result), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--readme"]:  # rewrite the README table from the stored result, without re-running
-        update_readme(json.loads(RESULTS.read_text()))
+    if sys.argv[1:2] == ["--readme"]:  # rewrite the README tables from the stored results, without re-running
+        for path in sorted(RESULTS.glob("quality-*.json")):
+            update_readme(json.loads(path.read_text()))
     else:
-        main()
+        main(sys.argv[1:])

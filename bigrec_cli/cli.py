@@ -260,7 +260,12 @@ def evaluate(
     as_json: JsonOption = False,
     run: Annotated[Optional[str], typer.Option(help="Run id to evaluate instead of the promoted one.")] = None,
     baselines: Annotated[bool, typer.Option(help="Compute Pop, ItemKNN and EASE on the same split.")] = True,
-    ease_l2: Annotated[float, typer.Option(help="EASE's λ.")] = 100.0,
+    ease_l2: Annotated[
+        Optional[float], typer.Option(help="EASE's λ (default: chosen on the validation split).")
+    ] = None,
+    knn_neighbours: Annotated[
+        Optional[int], typer.Option(min=1, help="ItemKNN's neighbours (default: chosen on the validation split).")
+    ] = None,
     negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive for AUC and log loss.")] = 100,
     report: Annotated[
         Optional[Path], typer.Option(help="Also write PNG plots and an HTML page into this folder.")
@@ -273,7 +278,13 @@ def evaluate(
         project = ProjectDir(project_dir)
         run_dir = project.run_dir(run) if run else None
         results = evaluate.evaluate(
-            project, run_dir=run_dir, num_negatives=negatives, ease_l2=ease_l2, baselines=baselines, report_dir=report
+            project,
+            run_dir=run_dir,
+            num_negatives=negatives,
+            ease_l2=ease_l2,
+            knn_neighbours=knn_neighbours,
+            baselines=baselines,
+            report_dir=report,
         )
     if as_json:
         print_json(results)

@@ -267,16 +267,26 @@ def split_by_time(events: pd.DataFrame) -> np.ndarray:
     return split
 
 
+def tie_breaker(events: pd.DataFrame) -> np.ndarray:
+    """A key that orders events of one user at one time by their content, never by their row in the input.
+
+    Events with the same timestamp (a basket, a day) would otherwise keep the order in which someone typed them,
+    which a sequence model can learn and which shuffling the file would change.
+    """
+    columns = [column for column in ("user_id", "item_id", "timestamp", "event") if column in events.columns]
+    return pd.util.hash_pandas_object(events[columns], index=False).to_numpy()
+
+
 def order_and_deduplicate(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Sort events by user and time and keep one row per (user, item): the latest.
+    """Sort events by user and time (ties by `tie_breaker`) and keep one row per (user, item): the latest.
 
     Returns:
         The cleaned frame and how many rows were dropped as duplicates.
     """
-    events = events.assign(_order=np.arange(len(events)))
-    events = events.sort_values(["user_id", "timestamp", "_order"], kind="stable")
+    events = events.assign(_tie=tie_breaker(events))
+    events = events.sort_values(["user_id", "timestamp", "_tie"], kind="stable")
     kept = events.drop_duplicates(["user_id", "item_id"], keep="last")
-    return kept.drop(columns="_order").reset_index(drop=True), len(events) - len(kept)
+    return kept.drop(columns="_tie").reset_index(drop=True), len(events) - len(kept)
 
 
 def fingerprint_frames(*frames: pd.DataFrame) -> str:
@@ -331,6 +341,7 @@ def preprocess(
             "no input given", hint="pass --events FILE --items FILE, or --format movielens-100k --source DIR"
         )
     items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
+    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order: not the file's
     events = clean_events(raw_events, events_path, event_offset)
     known = events["item_id"].isin(set(items["item_id"])).to_numpy()
     if not known.all():

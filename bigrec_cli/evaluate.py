@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bigrec_cli.artifacts import load_run, run_scorer
-from bigrec_cli.baselines import interaction_matrix, make_baselines
+from bigrec_cli.baselines import EASE, ItemKNN, interaction_matrix, make_baselines
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
@@ -42,9 +42,19 @@ def sampled_classification(
     return {"auc": roc_auc(labels_array, probability_array), "log_loss": log_loss(labels_array, probability_array)}
 
 
-def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) -> dict[str, np.ndarray]:
-    """Fit each baseline on the history splits and return its rank of every target under the same protocol."""
-    history = events[events["split"].isin((SPLIT_TRAIN, SPLIT_VALID))]
+EASE_L2_GRID = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 3000.0)
+KNN_NEIGHBOURS_GRID = (10, 20, 50, 100, 200)
+
+
+def baseline_ranks(
+    events,
+    cases: HoldoutCases,
+    num_items: int,
+    models: dict[str, object],
+    history_splits: tuple[str, ...] = (SPLIT_TRAIN, SPLIT_VALID),
+) -> dict[str, np.ndarray]:
+    """Fit each baseline on the events of `history_splits` and return its rank of every case's target."""
+    history = events[events["split"].isin(history_splits)]
     users = sorted(set(history["user_id"]) | set(cases.user_ids))
     row_of = {user: row for row, user in enumerate(users)}
     matrix = interaction_matrix(
@@ -52,7 +62,7 @@ def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) 
     )
     case_rows = np.array([row_of[user] for user in cases.user_ids])
     reports = {}
-    for name, baseline in make_baselines(ease_l2=ease_l2).items():
+    for name, baseline in models.items():
         baseline.fit(matrix)
         ranks = []
         for start in range(0, len(case_rows), 1024):
@@ -60,8 +70,26 @@ def baseline_ranks(events, cases: HoldoutCases, num_items: int, ease_l2: float) 
             scores = baseline.score(matrix[rows])
             excluded = [history_items - 1 for history_items in cases.histories[start : start + 1024]]
             ranks.append(ranks_of_targets(scores, cases.targets[start : start + 1024] - 1, excluded))
-        reports[name] = np.concatenate(ranks)
+        reports[name] = np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
     return reports
+
+
+def choose_baselines(events, num_items: int) -> dict[str, float]:
+    """EASE's λ and ItemKNN's neighbours with the best validation NDCG@10 (fit on train, never on test)."""
+    cases = holdout_cases(events, SPLIT_VALID)
+    if not cases.user_ids:
+        return {"ease_l2": 100.0, "knn_neighbours": 100}
+    candidates = {f"ease:{l2}": EASE(l2) for l2 in EASE_L2_GRID}
+    candidates |= {f"knn:{k}": ItemKNN(k) for k in KNN_NEIGHBOURS_GRID if k < num_items}
+    ranks = baseline_ranks(events, cases, num_items, candidates, history_splits=(SPLIT_TRAIN,))
+    scores = {name: ranking_report(values, (10,))["ndcg@10"] for name, values in ranks.items()}
+    best_ease = max(EASE_L2_GRID, key=lambda l2: scores[f"ease:{l2}"])
+    best_knn = max(
+        (k for k in KNN_NEIGHBOURS_GRID if f"knn:{k}" in scores),
+        key=lambda k: scores[f"knn:{k}"],
+        default=min(100, num_items),
+    )
+    return {"ease_l2": best_ease, "knn_neighbours": best_knn}
 
 
 def evaluate(
@@ -71,7 +99,8 @@ def evaluate(
     cutoffs: tuple[int, ...] = CUTOFFS,
     num_negatives: int = 100,
     seed: int = 0,
-    ease_l2: float = 100.0,
+    ease_l2: float | None = None,
+    knn_neighbours: int | None = None,
     baselines: bool = True,
     report_dir: Path | None = None,
 ) -> dict:
@@ -83,7 +112,8 @@ def evaluate(
         cutoffs: The K of HR@K, NDCG@K and MRR@K.
         num_negatives: Sampled negatives per positive for AUC and log loss.
         seed: Seed of that sampling.
-        ease_l2: EASE's λ.
+        ease_l2: EASE's λ; None chooses it on the validation split.
+        knn_neighbours: ItemKNN's neighbours; None chooses them on the validation split.
         baselines: Also compute Pop, ItemKNN and EASE.
         report_dir: Also write PNG plots and an HTML page there.
 
@@ -102,17 +132,25 @@ def evaluate(
     ranks = {"bigrec": scorer_ranks(scorer, cases, max_len)}
     report.update(ranking_report(ranks["bigrec"], cutoffs))
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
-    if baselines:
-        ranks.update(baseline_ranks(events, cases, scorer.num_items, ease_l2))
-        report["baselines"] = {
-            name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"
-        }
     report["protocol"] = {
         "split": PROTOCOL,
         "cutoffs": list(cutoffs),
         "auc_log_loss": f"each test positive vs {num_negatives} sampled unseen items (seed {seed})",
-        "baselines": f"fit on train + validation events; EASE lambda = {ease_l2}; ItemKNN cosine, 100 neighbours",
     }
+    if baselines:
+        chosen = choose_baselines(events, scorer.num_items) if ease_l2 is None or knn_neighbours is None else {}
+        ease_l2 = ease_l2 if ease_l2 is not None else chosen["ease_l2"]
+        knn_neighbours = knn_neighbours if knn_neighbours is not None else chosen["knn_neighbours"]
+        models = make_baselines(ease_l2=ease_l2, knn_neighbours=knn_neighbours)
+        ranks.update(baseline_ranks(events, cases, scorer.num_items, models))
+        report["baselines"] = {
+            name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"
+        }
+        report["baseline_settings"] = {"ease_l2": ease_l2, "knn_neighbours": knn_neighbours}
+        report["protocol"]["baselines"] = (
+            f"fit on train + validation events; EASE lambda = {ease_l2:g}, ItemKNN cosine with {knn_neighbours} "
+            "neighbours" + (" (chosen by validation NDCG@10, fit on train)" if chosen else "")
+        )
     if report_dir is not None:
         from bigrec_cli.report import write_report
 

@@ -112,3 +112,33 @@ def test_movielens_100k_reads_as_unzipped(project):
     items = pd.read_parquet(project / "data" / "items.parquet").set_index("item_id")
     assert items.loc["1", "title"] == "Toy Story (1995)"
     assert "Animation, Children's, Comedy" in items.loc["1", "text"]
+
+
+def test_row_order_of_the_input_changes_nothing(tmp_path):
+    """Ties in time are ordered by content, the catalog by id: shuffled files give the same data, split and
+    fingerprint (so the same model and metrics, since training is deterministic for given data and seed)."""
+    events = pd.read_csv(SAMPLE / "events.csv", dtype=str)
+    events["timestamp"] = (events["timestamp"].astype(float) // 86400 * 86400).astype(int).astype(str)  # many ties
+    items = pd.read_csv(SAMPLE / "items.csv", dtype=str)
+    results = []
+    for seed in (0, 1):
+        folder = tmp_path / f"shuffled{seed}"
+        folder.mkdir()
+        events.sample(frac=1.0, random_state=seed).to_csv(folder / "events.csv", index=False)
+        items.sample(frac=1.0, random_state=seed).to_csv(folder / "items.csv", index=False)
+        project = folder / "project"
+        args = ["preprocess", "--project-dir", str(project), "--events", str(folder / "events.csv")]
+        result = invoke(*args, "--items", str(folder / "items.csv"))
+        assert result.exit_code == 0, result.stderr
+        results.append(
+            (
+                pd.read_parquet(project / "data" / "events.parquet"),
+                pd.read_parquet(project / "data" / "items.parquet"),
+                json.loads((project / "data" / "data.json").read_text())["fingerprint"],
+            )
+        )
+    (events_a, items_a, fingerprint_a), (events_b, items_b, fingerprint_b) = results
+    pd.testing.assert_frame_equal(events_a, events_b)
+    pd.testing.assert_frame_equal(items_a, items_b)
+    assert fingerprint_a == fingerprint_b
+    assert events_a.duplicated(["user_id", "timestamp"]).sum() > 100, "the data really has ties"
