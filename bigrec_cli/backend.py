@@ -7,12 +7,48 @@ Keras 2, and turns a missing package into one line that says how to install it.
 from __future__ import annotations
 
 import os
+import re
+import sys
+import threading
 import warnings
 
 # Both must be set before anything imports tf.keras (see shared/NOTES-stack.md).
 os.environ["TF_KERAS"] = "1"
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up notices (oneDNN, "E0000 … AVX-512", absl's pre-init warning) ignore that level.
+NOISE = re.compile(rb"^(?:[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log messages before absl)")
+
+
+def _filter_native_stderr() -> None:
+    """Drop TensorFlow's native log lines from file descriptor 2; everything else reaches stderr unchanged.
+
+    Python's own `sys.stderr` (progress bars, errors) is moved to a duplicate of the real stderr, so it stays a
+    terminal when it was one; only what native code writes to descriptor 2 passes through the filter thread.
+    `--verbose` (BIGREC_VERBOSE=1) leaves stderr alone.
+    """
+    if os.environ.get("BIGREC_VERBOSE") == "1" or sys.stderr is not sys.__stderr__:
+        return  # verbose, or stderr is already redirected in-process (tests): leave it alone
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except OSError:  # pragma: no cover - no usable descriptor 2
+        return
+    sys.stderr = os.fdopen(os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not NOISE.match(line):
+                    os.write(real, line)
+
+    threading.Thread(target=forward, name="bigrec-native-stderr", daemon=True).start()
+
+
+_filter_native_stderr()
 
 from bigrec_cli.errors import BackendError  # noqa: E402
 

@@ -15,6 +15,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -253,12 +254,14 @@ def minilm_installed() -> bool:
     return importlib.util.find_spec(MINILM_PACKAGE) is not None
 
 
-def minilm_checkpoint() -> BertCheckpoint:
+def minilm_checkpoint(notify: Callable[[str], None] | None = None) -> BertCheckpoint:
     """Return all-MiniLM-L6-v2 in Google format, converting it into the user cache once per distinct source."""
     source = minilm_source()
     fingerprint = source_fingerprint(source)
     destination = cache_dir() / f"minilm-l6-v2-{fingerprint[:16]}"
     if not (destination / "bert_model.ckpt.index").exists():
+        if notify is not None:
+            notify(f"first use of all-MiniLM-L6-v2: converting it to the Google layout in {destination} (about 10 s)")
         import_bert(source, destination)
     checkpoint = checkpoint_from_dir(destination)
     return BertCheckpoint(checkpoint.config_path, checkpoint.checkpoint_path, checkpoint.dict_path, "all-MiniLM-L6-v2")
@@ -327,12 +330,12 @@ def default_checkpoint() -> BertCheckpoint:
     return BertCheckpoint(directory / CONFIG_NAME, directory / CHECKPOINT_PREFIX, directory / VOCAB_NAME, "tiny")
 
 
-def named_checkpoint(name: str) -> BertCheckpoint:
+def named_checkpoint(name: str, notify: Callable[[str], None] | None = None) -> BertCheckpoint:
     """Resolve `--bert NAME`: `minilm`, `tiny`, or `auto` (MiniLM when its package is installed, else tiny)."""
     if name not in NAMED_MODELS:
         raise ConfigError(f"unknown model name {name!r}", hint=f"use one of {', '.join(NAMED_MODELS)}, or --bert-dir")
     if name == "minilm" or (name == "auto" and minilm_installed()):
-        return minilm_checkpoint()
+        return minilm_checkpoint(notify)
     return default_checkpoint()
 
 
@@ -343,6 +346,7 @@ def resolve_checkpoint(
     checkpoint_path: Path | None = None,
     dict_path: Path | None = None,
     name: str = "auto",
+    notify: Callable[[str], None] | None = None,
 ) -> BertCheckpoint:
     """The checkpoint `extract` uses: a folder, else the three bert4keras paths, else a named model."""
     if bert_dir is not None:
@@ -353,7 +357,7 @@ def resolve_checkpoint(
                 "--config-path, --checkpoint-path and --dict-path go together", hint="pass all three, or --bert-dir"
             )
         return checkpoint_from_paths(config_path, checkpoint_path, dict_path)
-    return named_checkpoint(name)
+    return named_checkpoint(name, notify)
 
 
 def extraction_checkpoint(project: ProjectDir) -> tuple[BertCheckpoint, dict]:

@@ -13,18 +13,45 @@ import typer
 
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.console import error, info, key_values, print_json
-from bigrec_cli.errors import BigrecError
+from bigrec_cli.errors import EXIT_ROWS_REJECTED, EXIT_RUN_REJECTED, BigrecError
 from bigrec_cli.project import ProjectDir
-
-EXIT_REJECTED_ROWS, EXIT_RUN_REJECTED = 2, 3
 
 app = typer.Typer(
     name="bigrec",
     help="A BERT → LSTM → sigmoid recommender: preprocess, extract, train, evaluate, recommend, ingest feedback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # Plain help (click's): flags without a <bool> type column, wrapped to the terminal, 120 columns at most.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120, "help_option_names": ["-h", "--help"]},
 )
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import bigrec_cli
+
+        print(f"bigrec {bigrec_cli.__version__} (Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show TensorFlow's own start-up logs too.", envvar="BIGREC_VERBOSE")
+    ] = False,
+) -> None:
+    """A BERT → LSTM → sigmoid recommender: preprocess, extract, train, evaluate, recommend, ingest feedback."""
+    if verbose:
+        import os
+
+        os.environ["BIGREC_VERBOSE"] = "1"
+
 
 ProjectOption = Annotated[
     Path,
@@ -146,7 +173,12 @@ def extract(
         project = ProjectDir(project_dir)
         project.require_data()
         checkpoint = resolve_checkpoint(
-            bert_dir=bert_dir, config_path=config_path, checkpoint_path=checkpoint_path, dict_path=dict_path, name=bert
+            bert_dir=bert_dir,
+            config_path=config_path,
+            checkpoint_path=checkpoint_path,
+            dict_path=dict_path,
+            name=bert,
+            notify=info,
         )
         from bigrec_cli.console import progress
 
@@ -165,6 +197,23 @@ def extract(
         print_json(summary.__dict__)
     else:
         key_values("extract", summary.__dict__)
+
+
+@contextmanager
+def epoch_progress(enabled: bool = True) -> Iterator:
+    """A Rich progress bar on stderr for the steps of the current epoch; yields the `on_step` callback (or None)."""
+    if not enabled:
+        yield None
+        return
+    from bigrec_cli.console import progress
+
+    with progress("epoch 1", transient=True) as bar:
+        task = bar.task_ids[0]
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            bar.update(task, description=f"epoch {epoch}", completed=step, total=steps)
+
+        yield on_step
 
 
 def report_epoch(entry: dict) -> None:
@@ -239,7 +288,8 @@ def train(
         project.require_features()
         from bigrec_cli import train
 
-        result = train.train(project, config, verbose=0 if as_json else 2, on_epoch=report_epoch)
+        with epoch_progress(enabled=not as_json) as on_step:
+            result = train.train(project, config, on_epoch=report_epoch, on_step=on_step)
     summary = {
         "run_id": result.run_id,
         "run_dir": str(result.run_dir),
@@ -366,7 +416,7 @@ def ingest_feedback(
         info(f"rejected line {rejection['line']}: {rejection['reason']}")
     if summary.num_rejected:
         info(f"{summary.num_rejected} row(s) rejected; reasons in {summary.rejects_path}")
-        raise typer.Exit(EXIT_REJECTED_ROWS)
+        raise typer.Exit(EXIT_ROWS_REJECTED)
 
 
 @app.command()
@@ -389,11 +439,22 @@ def serve(
 
     with user_errors():
         project = ProjectDir(project_dir)
+        if token is not None and not token.strip():
+            raise BigrecError(
+                "--token is empty, which would turn authentication off", hint="give a real token, or omit --token"
+            )
         project.current_run_dir()
         if host not in serve.LOOPBACK_HOSTS and not token:
             info(f"warning: serving on {host} without --token: anyone who can reach it can read and write")
-        info(f"bigrec serving {project.root} on http://{host}:{port} (OpenAPI at /docs)")
-        serve.run(project, host=host, port=port, token=token, workers=workers, warm_users=warm_users)
+        serve.run(
+            project,
+            host=host,
+            port=port,
+            token=token,
+            workers=workers,
+            warm_users=warm_users,
+            on_listening=lambda url: info(f"bigrec serving {project.root} on {url} (OpenAPI at {url}/docs)"),
+        )
 
 
 @app.command()
@@ -417,16 +478,17 @@ def retrain(
     from bigrec_cli import retrain
 
     with user_errors():
-        result = retrain.retrain(
-            ProjectDir(project_dir),
-            epochs=epochs,
-            tolerance=tolerance,
-            seed=seed,
-            learning_rate=learning_rate,
-            verbose=0 if as_json else 2,
-            on_stage=info,
-            on_epoch=report_epoch,
-        )
+        with epoch_progress(enabled=not as_json) as on_step:
+            result = retrain.retrain(
+                ProjectDir(project_dir),
+                epochs=epochs,
+                tolerance=tolerance,
+                seed=seed,
+                learning_rate=learning_rate,
+                on_stage=info,
+                on_epoch=report_epoch,
+                on_step=on_step,
+            )
     if result.decision == "skipped":
         info(f"retrain skipped: {result.record['reason']}")
     if as_json:
@@ -451,7 +513,14 @@ def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(report)
     else:
-        key_values("status", {key: value for key, value in report.items() if not isinstance(value, dict)})
+        rows = {key: value for key, value in report.items() if not isinstance(value, dict)}
+        last = report.get("last_retrain")
+        if last:
+            rows["last_retrain"] = (
+                f"{last.get('decision')} at {last.get('at')}: candidate {last.get('candidate_run')} "
+                f"(val ndcg@10 {last.get('candidate_val_ndcg@10', float('nan')):.4f})"
+            )
+        key_values("status", rows)
 
 
 runs_app = typer.Typer(help="Inspect and switch training runs.", no_args_is_help=True)

@@ -33,8 +33,8 @@ def info(message: str) -> None:
 
 
 @contextmanager
-def progress(description: str) -> Iterator[Progress]:
-    """A Rich progress bar on stderr; callers set its total and advance it."""
+def progress(description: str, transient: bool = False) -> Iterator[Progress]:
+    """A Rich progress bar on stderr; callers set its total and advance it (`transient`: erased when done)."""
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -42,7 +42,7 @@ def progress(description: str) -> Iterator[Progress]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        transient=False,
+        transient=transient,
     )
     with bar:
         bar.add_task(description, total=None)

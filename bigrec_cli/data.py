@@ -247,6 +247,7 @@ class PreprocessSummary:
     num_users: int
     num_items: int
     num_duplicates: int
+    num_dropped_unknown_items: int
     num_train: int
     num_valid: int
     num_test: int
@@ -344,6 +345,7 @@ def preprocess(
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order: not the file's
     events = clean_events(raw_events, events_path, event_offset)
     known = events["item_id"].isin(set(items["item_id"])).to_numpy()
+    num_dropped = 0
     if not known.all():
         unknown_rows = np.flatnonzero(~known)
         if not drop_unknown_items:
@@ -354,6 +356,7 @@ def preprocess(
                 hint="add the items to the items file, or pass --drop-unknown-items",
             )
         events = events[known]
+        num_dropped = int((~known).sum())
         if events.empty:
             raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
     events, num_duplicates = order_and_deduplicate(events)
@@ -370,6 +373,7 @@ def preprocess(
         num_users=int(events["user_id"].nunique()),
         num_items=len(items),
         num_duplicates=num_duplicates,
+        num_dropped_unknown_items=num_dropped,
         num_train=int(counts.get(SPLIT_TRAIN, 0)),
         num_valid=int(counts.get(SPLIT_VALID, 0)),
         num_test=int(counts.get(SPLIT_TEST, 0)),

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+# Exit statuses, one per meaning (the README's "Exit status" table).
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_ROWS_REJECTED = 2
+EXIT_RUN_REJECTED = 3
+EXIT_CANNOT_LISTEN = 4
+
 
 class BigrecError(Exception):
     """An error caused by input or state the user controls.
@@ -40,3 +47,13 @@ class NotTrainedError(BigrecError):
 
 class BackendError(BigrecError):
     """TensorFlow or bert4keras is missing or misconfigured."""
+
+
+class CannotListenError(BigrecError):
+    """The server cannot bind its address (in use, or not allowed)."""
+
+    exit_code = EXIT_CANNOT_LISTEN
+
+
+class StoreBusyError(BigrecError):
+    """The feedback store is locked by another writer for longer than the caller waits."""

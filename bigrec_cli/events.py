@@ -176,6 +176,11 @@ def frame_from_objects(objects: Iterable[dict[str, Any] | None]) -> tuple[pd.Dat
             if "\x00" in text:
                 error = error or f"{name} contains a NUL character"
                 continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                error = error or f"{name} is not valid Unicode (it holds a lone surrogate)"
+                continue
             row[str(name)] = text
         cells.append(row)
         errors.append(error)

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from bigrec_cli.data import catalog_item_ids
-from bigrec_cli.errors import DataError
+from bigrec_cli.errors import ArtifactError, DataError, StoreBusyError
 from bigrec_cli.events import frame_from_objects, validate_events
 from bigrec_cli.project import ProjectDir
 
@@ -187,12 +188,16 @@ def read_rows(stream: io.TextIOBase, source: str) -> Iterator[Row]:
                 continue
             yield Row(number, value if isinstance(value, dict) else None, line)
         return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    first_line = text.lstrip().split("\n", 1)[0]
+    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [name.strip() for name in reader.fieldnames or []]
+    reader.fieldnames = header
     missing = [name for name in ("user_id", "item_id") if name not in header]
     if missing:
+        hint = " (is the delimiter a comma or a tab?)" if len(header) == 1 else ""
         raise DataError(
-            f"{source} has no column {', '.join(repr(name) for name in missing)}",
+            f"{source} has no column {', '.join(repr(name) for name in missing)}{hint}",
             hint=f"columns found: {', '.join(header) or 'none'}; required: user_id, item_id (timestamp, event, "
             "weight, event_id, title, text optional)",
         )
@@ -202,7 +207,14 @@ def read_rows(stream: io.TextIOBase, source: str) -> Iterator[Row]:
         yield Row(reader.line_num, None if extra else row, raw)
 
 
-def ingest(project: ProjectDir, rows: Iterable[Row], *, source: str, all_or_nothing: bool = False) -> IngestSummary:
+def ingest(
+    project: ProjectDir,
+    rows: Iterable[Row],
+    *,
+    source: str,
+    all_or_nothing: bool = False,
+    busy_timeout: float = 60.0,
+) -> IngestSummary:
     """Validate rows, store the valid ones in one transaction, and log the rejected ones.
 
     Items outside the project's catalog (and not stored by earlier feedback) need a title or text in the row.
@@ -212,9 +224,10 @@ def ingest(project: ProjectDir, rows: Iterable[Row], *, source: str, all_or_noth
         rows: Decoded rows (`read_rows` for files, `rows_from_objects` for HTTP bodies).
         source: Where the rows come from, for the store and the rejects log.
         all_or_nothing: One bad row stores nothing (HTTP); otherwise rejected rows go to `feedback.rejects.jsonl`.
+        busy_timeout: Seconds to wait for another writer before raising StoreBusyError.
     """
     project.require_data()
-    store = FeedbackStore(project.feedback_db)
+    store = FeedbackStore(project.feedback_db, busy_timeout=busy_timeout)
     return store.ingest_rows(
         list(rows),
         source=source,
@@ -224,6 +237,15 @@ def ingest(project: ProjectDir, rows: Iterable[Row], *, source: str, all_or_noth
     )
 
 
+def rollback_quietly(connection: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open, without hiding the error that caused it."""
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 class FeedbackStore:
     """Feedback events and new items in one SQLite file.
 
@@ -231,17 +253,59 @@ class FeedbackStore:
         path: The database file; created with its schema on first write.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 60.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._readers = threading.local()
+        self._open: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every reader connection this store opened (a swapped-out server model calls it)."""
+        with self._lock:
+            connections, self._open = self._open, []
+        for connection in connections:
+            connection.close()
+        self._readers = threading.local()
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn SQLite's failures that a user can act on into one-line errors with the fix."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            text = str(error)
+            if "locked" in text or "busy" in text:
+                raise StoreBusyError(
+                    f"{self.path} is locked by another writer (waited {self.busy_timeout:g} s)",
+                    hint="retry shortly; a long-running ingest-feedback or retrain may hold it",
+                ) from None
+            if "readonly" in text or "read-only" in text:
+                raise ArtifactError(
+                    f"{self.path} cannot be written: {text}", hint="check the project's permissions"
+                ) from None
+            if "disk" in text and "full" in text:
+                raise ArtifactError(
+                    f"{self.path}: the disk is full ({text})", hint="free some space and retry"
+                ) from None
+            if "unable to open" in text:
+                raise ArtifactError(
+                    f"{self.path} cannot be opened: {text}", hint="check the project's permissions"
+                ) from None
+            raise
+        except sqlite3.DatabaseError as error:
+            raise ArtifactError(
+                f"{self.path} is damaged: {error}",
+                hint=f"restore it from a backup (`sqlite3 {self.path.name} 'PRAGMA integrity_check'` says more)",
+            ) from None
 
     def exists(self) -> bool:
         return self.path.exists()
 
     def connect(self) -> sqlite3.Connection:
         """Open the database in WAL mode, waiting for other writers instead of failing."""
-        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        connection.execute("PRAGMA busy_timeout = 60000")
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
         return connection
@@ -260,7 +324,7 @@ class FeedbackStore:
                 connection.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            rollback_quietly(connection)
             raise
 
     def ingest_rows(
@@ -278,21 +342,8 @@ class FeedbackStore:
         parsed, rejections = parse_rows(rows, now)
         summary.rejections = rejections
         if not (all_or_nothing and rejections):
-            connection = self.connect()
-            try:
-                self.migrate(connection)
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    self._store(connection, parsed, summary, known_items, source, now, all_or_nothing)
-                    connection.execute("COMMIT")
-                except _Abort:
-                    connection.execute("ROLLBACK")
-                    summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-            finally:
-                connection.close()
+            with self.errors():
+                self._write(parsed, summary, known_items, source, now, all_or_nothing)
         summary.rejections.sort(key=lambda entry: entry["line"])
         summary.num_rejected = len(summary.rejections)
         if summary.rejections and rejects_path is not None:
@@ -302,6 +353,31 @@ class FeedbackStore:
                     log.write(json.dumps({"source": source, "rejected_at": now, **rejection}) + "\n")
             summary.rejects_path = str(rejects_path)
         return summary
+
+    def _write(
+        self,
+        parsed: list[tuple[Row, ParsedEvent]],
+        summary: IngestSummary,
+        known_items: frozenset[str] | set[str],
+        source: str,
+        now: float,
+        all_or_nothing: bool,
+    ) -> None:
+        connection = self.connect()
+        try:
+            self.migrate(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._store(connection, parsed, summary, known_items, source, now, all_or_nothing)
+                connection.execute("COMMIT")
+            except _Abort:
+                connection.execute("ROLLBACK")
+                summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
+            except BaseException:
+                rollback_quietly(connection)  # SQLite may have rolled back already (disk full): keep the real error
+                raise
+        finally:
+            connection.close()
 
     @staticmethod
     def _store(
@@ -344,11 +420,15 @@ class FeedbackStore:
         if connection is None:
             # One read-only connection per thread, kept open: each query is its own read transaction, so under
             # WAL it sees every commit made before it, and a request pays no connect.
-            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60.0, check_same_thread=False)
-            connection.execute("PRAGMA busy_timeout = 60000")
+            with self.errors():
+                connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                connection.execute("PRAGMA busy_timeout = 60000")
             self._readers.connection = connection
+            with self._lock:
+                self._open.append(connection)
         try:
-            return connection.execute(query, parameters).fetchall()
+            with self.errors():
+                return connection.execute(query, parameters).fetchall()
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return []

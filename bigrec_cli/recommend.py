@@ -79,6 +79,10 @@ class Recommender:
         popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
 
+    def close(self) -> None:
+        """Release what this recommender holds open (its feedback store's connections)."""
+        self.store.close()
+
     def warm(self, max_users: int = WARM_USERS, batch_size: int = 2048) -> int:
         """Compute and cache the LSTM states of the most recently active users; return how many.
 

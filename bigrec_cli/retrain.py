@@ -67,8 +67,8 @@ def retrain(
     tolerance: float = 0.005,
     seed: int | None = None,
     learning_rate: float | None = None,
-    verbose: int = 2,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> RetrainResult:
     """Retrain on everything the project knows and promote the result only if it is not worse.
@@ -79,8 +79,8 @@ def retrain(
         tolerance: Promote when candidate validation NDCG@10 ≥ current − tolerance.
         seed: Random seed (default: the current run's).
         learning_rate: Adam's step size (default: the current run's).
-        verbose: Keras progress level.
         on_epoch: Called after each epoch with its metrics.
+        on_step: Called after each training step with (epoch, steps done, steps per epoch).
         on_stage: Called with a short description as each stage starts.
 
     Returns:
@@ -118,8 +118,8 @@ def retrain(
         result = train(
             project,
             config,
-            verbose=verbose,
             on_epoch=on_epoch,
+            on_step=on_step,
             include_feedback=True,
             warm_start_from=current_dir,
             promote=False,

@@ -11,6 +11,7 @@ import gc
 import hmac
 import json
 import os
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -18,10 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 import bigrec_cli
+from bigrec_cli.errors import CannotListenError, StoreBusyError
 from bigrec_cli.feedback import IngestSummary, Row, ingest, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
@@ -29,6 +36,8 @@ from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS_PER_REQUEST = 10_000
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+RETIRE_SECONDS = 5.0  # how long a swapped-out model stays open for requests that started on it
+HTTP_BUSY_TIMEOUT = 2.0  # seconds a feedback request waits for another writer before answering 503
 
 
 def project_generation(project: ProjectDir) -> Callable[[], Hashable]:
@@ -68,6 +77,7 @@ class ModelWatcher:
         self.load = load
         self.generation = generation
         self.poll_seconds = poll_seconds
+        self.retire_seconds = RETIRE_SECONDS
         first = generation()
         self.state = ServingState(load(), first)
         self.last_error: str | None = None
@@ -84,8 +94,13 @@ class ModelWatcher:
         except Exception as error:  # a damaged or half-promoted run must not take the server down
             self.last_error = f"{type(error).__name__}: {error}"
             return False
-        self.state = ServingState(fresh, generation)
+        retired, self.state = self.state, ServingState(fresh, generation)
         self.last_error = None
+        # Requests still running on the old model finish within milliseconds; close what it holds after that,
+        # explicitly: frozen objects escape the cycle collector, so its connections would otherwise stay open.
+        closer = threading.Timer(self.retire_seconds, getattr(retired.recommender, "close", lambda: None))
+        closer.daemon = True
+        closer.start()
         gc.collect()  # the previous model's objects, then keep the new one out of the collector's way
         gc.freeze()
         return True
@@ -100,6 +115,63 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    score: float | None = Field(description="Engagement probability; null for popular items given at cold start.")
+
+
+class RecommendAnswer(BaseModel):
+    user_id: str
+    cold_start: bool = Field(description="True when the user has no known behaviour: the items are the most popular.")
+    items: list[RecommendedItem]
+
+
+class FeedbackEvent(BaseModel):
+    """One event, validated as `bigrec ingest-feedback` validates a row."""
+
+    user_id: str = Field(max_length=256)
+    item_id: str = Field(max_length=256)
+    timestamp: float | str | None = Field(None, description="Unix seconds or ISO-8601; default: now.")
+    event: str | None = Field(None, description="Event type, e.g. click, purchase; default: interaction.")
+    weight: float | None = Field(None, description="A finite number; default 1.")
+    event_id: str | None = Field(None, description="Idempotency key; default: a hash of the row.")
+    title: str | None = Field(None, description="Required with text for an item not in the catalog.")
+    text: str | None = None
+
+
+class IngestResult(BaseModel):
+    num_rows: int
+    num_accepted: int
+    num_duplicates: int
+    num_rejected: int
+    num_new_items: int
+    rejections: list[dict[str, Any]]
+    detail: str | None = None
+
+
+def feedback_body_schema() -> dict[str, Any]:
+    """The OpenAPI request body of POST /feedback: a list of events, or {"events": [...]}."""
+    event = FeedbackEvent.model_json_schema()
+    events = {"type": "array", "items": event, "minItems": 1, "maxItems": MAX_EVENTS_PER_REQUEST}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [events, {"type": "object", "properties": {"events": events}, "required": ["events"]}]
+                },
+                "example": [{"user_id": "42", "item_id": "1337", "event": "click"}],
+            }
+        },
+    }
+
+
+def iso_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def create_app(
@@ -117,12 +189,16 @@ def create_app(
     Args:
         load: Returns a ready recommender (`recommend(user, k, exclude_seen)`, `run.run_id`, `scorer.num_items`).
         generation: Returns a value that changes when `load` would return a different recommender.
-        ingest: Stores decoded feedback rows all or nothing and returns what it did.
-        token: When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+        ingest: Stores decoded feedback rows all or nothing and returns what it did; raises StoreBusyError when
+            the store stays locked.
+        token: When set, every endpoint but /health (the OpenAPI page and schema included) needs
+            `Authorization: Bearer <token>`.
         poll_seconds: How often to look for a newly promoted run.
         max_body_bytes: Largest accepted request body.
         watch: Start the background watcher (tests may call `app.state.watcher.check()` instead).
     """
+    import swagger_ui_bundle
+
     watcher = ModelWatcher(load, generation, poll_seconds)
 
     @asynccontextmanager
@@ -137,15 +213,38 @@ def create_app(
         version=bigrec_cli.__version__,
         lifespan=lifespan,
         description="Real-time recommendations from a BERT → LSTM → sigmoid model.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.watcher = watcher
+    bearer = HTTPBearer(auto_error=False, description="The token given to `bigrec serve --token`.")
 
-    def authorize(authorization: str = Header("", include_in_schema=False)) -> None:
-        supplied = authorization[7:] if authorization.lower().startswith("bearer ") else ""
+    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        supplied = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(supplied.encode(), str(token).encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorize)] if token else []
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="bigrec API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response(status_code=200)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -154,21 +253,30 @@ def create_app(
         return {
             "status": "ok",
             "run_id": state.recommender.run.run_id,
-            "loaded_at": state.loaded_at,
+            "loaded_at": iso_time(state.loaded_at),
             "num_items": state.recommender.scorer.num_items,
             "reload_error": watcher.last_error,
         }
 
-    # `async def`: the work is a few milliseconds of CPU, cheaper run inline than handed to a thread pool.
-    @app.get("/recommend", dependencies=guarded)
+    @app.get("/recommend", dependencies=guarded, response_model=RecommendAnswer)
     async def recommend(
         user: str = Query(min_length=1, max_length=256), k: int = Query(10, ge=1, le=MAX_K), include_seen: bool = False
     ) -> Response:
         """Top-k items for the user's latest behaviour, the same answer as `bigrec recommend --json`."""
-        answer = watcher.state.recommender.recommend(user, k=k, exclude_seen=not include_seen)
+        recommender = watcher.state.recommender
+        answer = await run_in_threadpool(recommender.recommend, user, k=k, exclude_seen=not include_seen)
         return Response(json.dumps(answer), media_type="application/json")
 
-    @app.post("/feedback", dependencies=guarded)
+    @app.post(
+        "/feedback",
+        dependencies=guarded,
+        response_model=IngestResult,
+        openapi_extra={"requestBody": feedback_body_schema()},
+        responses={
+            422: {"description": "An event is invalid: none was stored (the reasons are listed)"},
+            503: {"description": "The store is locked by another writer: retry after the given seconds"},
+        },
+    )
     async def feedback(request: Request) -> JSONResponse:
         """Store events (a JSON list, or {"events": [...]}) with the validation of `bigrec ingest-feedback`.
 
@@ -184,14 +292,17 @@ def create_app(
                 raise HTTPException(413, f"body larger than {max_body_bytes} bytes")
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise HTTPException(400, f"body is not JSON: {error}") from None
+        except (ValueError, RecursionError) as error:
+            raise HTTPException(400, f"body is not JSON: {str(error)[:200]}") from None
         events = payload.get("events") if isinstance(payload, dict) else payload
         if not isinstance(events, list) or not events:
             raise HTTPException(400, 'send a non-empty JSON list of events, or {"events": [...]}')
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
-        summary = ingest(rows_from_objects(events))
+        try:
+            summary = await run_in_threadpool(ingest, rows_from_objects(events))
+        except StoreBusyError as error:
+            raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
         result = {key: value for key, value in summary.__dict__.items() if key != "rejects_path"}
         if summary.num_rejected:
             result["detail"] = "no event stored: fix the rejected events and resend"
@@ -213,7 +324,7 @@ def project_app(
         return recommender
 
     def store(rows: list[Row]) -> IngestSummary:
-        return ingest(project, rows, source="http", all_or_nothing=True)
+        return ingest(project, rows, source="http", all_or_nothing=True, busy_timeout=HTTP_BUSY_TIMEOUT)
 
     return create_app(load=load, generation=project_generation(project), ingest=store, token=token, **options)
 
@@ -245,6 +356,26 @@ def tune_process_for_serving() -> None:
     gc.freeze()
 
 
+def check_address(host: str, port: int) -> None:
+    """Bind the address once and release it, so that a busy port is one clear error before anything loads."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise CannotListenError(
+            f"cannot resolve --host {host}: {error.strerror}", hint="pass an address or name"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise CannotListenError(
+                f"cannot listen on {host}:{port}: {error.strerror}",
+                hint="stop what uses that port, or pass another --port",
+            ) from None
+
+
 def run(
     project: ProjectDir,
     *,
@@ -253,10 +384,17 @@ def run(
     token: str | None = None,
     workers: int = 1,
     warm_users: int = WARM_USERS,
+    on_listening: Callable[[str], None] | None = None,
 ) -> None:
-    """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port."""
+    """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port.
+
+    Raises CannotListenError before loading anything when the address cannot be bound.
+    """
     import uvicorn
 
+    check_address(host, port)
+    if on_listening is not None:
+        on_listening(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
     if workers == 1:
         app = project_app(project, token=token, warm_users=warm_users)
         tune_process_for_serving()

@@ -127,6 +127,21 @@ class WeightAverage(keras.callbacks.Callback):
                 variable.assign(value)
 
 
+class StepReporter(keras.callbacks.Callback):
+    """Tells a progress display how far the current epoch has come."""
+
+    def __init__(self, on_step: Callable[[int, int, int], None], steps: int) -> None:
+        super().__init__()
+        self.on_step, self.steps, self.epoch = on_step, steps, 1
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+        self.on_step(self.epoch, 0, self.steps)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.on_step(self.epoch, batch + 1, self.steps)
+
+
 class EarlyStopping(keras.callbacks.Callback):
     """Scores the validation split with the numpy scorer after each epoch, keeps the best weights, stops on patience."""
 
@@ -182,8 +197,8 @@ def train(
     project: ProjectDir,
     config: TrainConfig,
     *,
-    verbose: int = 2,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
     include_feedback: bool = False,
     warm_start_from: Path | None = None,
     promote: bool = True,
@@ -194,8 +209,8 @@ def train(
     Args:
         project: The project (`preprocess` and `extract` must have run).
         config: Hyper-parameters.
-        verbose: Keras progress (0 silent, 1 bar, 2 one line per epoch), written to stderr.
         on_epoch: Called with each epoch's loss and validation metrics.
+        on_step: Called after each training step with (epoch, steps done, steps per epoch), for a progress bar.
         include_feedback: Fold the feedback store's events into the data before splitting.
         warm_start_from: A run whose weights initialise this one (`retrain`).
         promote: Point `current` at the new run when it completes.
@@ -222,6 +237,11 @@ def train(
     if len(inputs) == 0:
         raise DataError("no user has two training events", hint="give each user at least 4 events (3 are held out)")
     cases = holdout_cases(events, SPLIT_VALID)
+    if not cases.user_ids:
+        raise DataError(
+            "the validation split is empty: no user has the 3 events needed to hold one out",
+            hint="give users at least 3 events (last = test, second-to-last = validation), then preprocess again",
+        )
     set_seed(config.seed)
     table = np.concatenate([np.zeros((1, text_vectors.shape[1]), "float32"), text_vectors])
     bert, token_table = None, None
@@ -238,8 +258,10 @@ def train(
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(cases, item_ids, config, on_epoch, average)
     callbacks = [stopper] if average is None else [average, stopper]
+    if on_step is not None:
+        callbacks.append(StepReporter(on_step, len(batches)))
     with contextlib.redirect_stdout(sys.stderr):
-        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
     counts = np.bincount(np.concatenate(list(sequences.values())), minlength=len(item_ids) + 1)
