@@ -155,7 +155,7 @@ def list_runs(project: ProjectDir) -> list[dict]:
         if path.name.startswith(".") or not path.is_dir():
             continue
         try:
-            manifest = read_json(path / RUN_MANIFEST)
+            manifest = verify_run(path)
             metrics = read_json(path / RUN_METRICS)
         except ArtifactError:
             rows.append({"run_id": path.name, "current": path.name == current, "status": "damaged"})

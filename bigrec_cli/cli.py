@@ -433,6 +433,13 @@ def serve(
         int,
         typer.Option(min=0, help="Most recent users whose LSTM states are computed before serving a run (0: none)."),
     ] = 20_000,
+    allowed_host: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Host name a proxy forwards (repeatable); loopback names and IP addresses always pass."),
+    ] = None,
+    allowed_origin: Annotated[
+        Optional[list[str]], typer.Option(help="Origin allowed to POST from a browser, e.g. https://shop.example.")
+    ] = None,
 ) -> None:
     """Serve GET /recommend, POST /feedback and GET /health over HTTP; picks up newly promoted runs by itself."""
     from bigrec_cli import serve
@@ -453,6 +460,8 @@ def serve(
             token=token,
             workers=workers,
             warm_users=warm_users,
+            allowed_hosts=allowed_host or [],
+            allowed_origins=allowed_origin or [],
             on_listening=lambda url: info(f"bigrec serving {project.root} on {url} (OpenAPI at {url}/docs)"),
         )
 

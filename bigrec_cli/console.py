@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -10,10 +11,17 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 # Piped or captured output gets a wide fixed width instead of 80 columns, so tables are never cut.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value: Any) -> Text:
+    """User or data text as a literal cell: no markup, no emoji codes, control characters removed."""
+    return Text(CONTROL.sub("", str(value)))
 
 
 def print_json(value: Any) -> None:
@@ -24,12 +32,12 @@ def print_json(value: Any) -> None:
 
 def error(message: str) -> None:
     """Print one error line to stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", plain(message)), soft_wrap=True)
 
 
 def info(message: str) -> None:
     """Print a progress or log line to stderr."""
-    err_console.print(message, soft_wrap=True, markup=False)
+    err_console.print(plain(message), soft_wrap=True)
 
 
 @contextmanager
@@ -55,7 +63,7 @@ def key_values(title: str, values: dict[str, Any]) -> None:
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     for key, value in values.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(plain(key), plain(f"{value:.4f}" if isinstance(value, float) else value))
     console.print(table)
 
 
@@ -82,14 +90,14 @@ def metrics_table(report: dict, cutoffs: list[int]) -> None:
 def recommendations_table(answer: dict) -> None:
     """Print one user's top-K list."""
     flag = " (cold start: popular items)" if answer["cold_start"] else ""
-    table = Table(title=f"Top {len(answer['items'])} for user {answer['user_id']}{flag}")
+    table = Table(title=plain(f"Top {len(answer['items'])} for user {answer['user_id']}{flag}"))
     table.add_column("rank", justify="right")
     table.add_column("item_id")
     table.add_column("title")
     table.add_column("score", justify="right")
     for item in answer["items"]:
         score = "" if item["score"] is None else f"{item['score']:.4f}"
-        table.add_row(str(item["rank"]), item["item_id"], item["title"], score)
+        table.add_row(str(item["rank"]), plain(item["item_id"]), plain(item["title"]), score)
     console.print(table)
 
 
@@ -101,6 +109,6 @@ def rows_table(title: str, rows: list[dict], columns: list[str]) -> None:
     for row in rows:
         cells = [row.get(column) for column in columns]
         table.add_row(
-            *("" if cell is None else f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in cells)
+            *(plain("" if cell is None else f"{cell:.4f}" if isinstance(cell, float) else cell) for cell in cells)
         )
     console.print(table)

@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -20,6 +23,13 @@ DEFAULT_EVENT = "interaction"
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 20_000
 TIMESTAMP_HINT = "use Unix seconds or ISO-8601 such as 2024-05-01T12:00:00Z"
+FUTURE_MARGIN_DAYS = 366.0  # events later than now + this are refused (BIGREC_FUTURE_MARGIN_DAYS overrides it)
+
+
+def latest_timestamp() -> float:
+    """The latest timestamp an event may carry: now plus the future margin."""
+    margin = float(os.environ.get("BIGREC_FUTURE_MARGIN_DAYS", FUTURE_MARGIN_DAYS))
+    return time.time() + margin * 86400.0
 
 
 def parse_timestamps(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -32,11 +42,23 @@ def parse_timestamps(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     numeric = np.array(pd.to_numeric(text, errors="coerce"), dtype="float64", copy=True)
     needs_date = np.isnan(numeric) & (text != "").to_numpy()
     if needs_date.any():
-        parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="ISO8601")
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
+        try:
+            parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="ISO8601")
+            seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
+        except (pd.errors.OutOfBoundsDatetime, OverflowError):  # a date past 2262: read it value by value
+            seconds = np.array([_iso_seconds(value) for value in text[needs_date]], dtype="float64")
         numeric[needs_date] = seconds
     bad = ~np.isfinite(numeric) | (numeric < 0)
     return numeric, bad
+
+
+def _iso_seconds(text: str) -> float:
+    """One ISO-8601 value outside pandas' range (years 1677-2262), as seconds; NaN when it is not a date."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        return float("nan")
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,15 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
         f"unparseable timestamp {example!r}",
         TIMESTAMP_HINT,
         lambda row: f"timestamp {raw_time.iloc[row][:40]!r} is not Unix seconds or ISO-8601 (or is negative)",
+    )
+    latest = latest_timestamp()
+    future = ~bad & (seconds > latest)
+    fail(
+        future,
+        f"timestamp {raw_time.iloc[int(np.flatnonzero(future)[0])] if future.any() else ''!r} lies in the future",
+        f"events may be at most {(latest - time.time()) / 86400:.0f} days ahead of now "
+        "(BIGREC_FUTURE_MARGIN_DAYS); check the unit (seconds, not milliseconds)",
+        lambda row: f"timestamp {raw_time.iloc[row][:40]!r} lies more than the allowed margin in the future",
     )
     events["timestamp"] = seconds
     events["event"] = _text_column(frame, "event").replace("", DEFAULT_EVENT)

@@ -47,6 +47,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        # An event id names an event of one user: user A's "dup1" must not swallow user B's "dup1".
+        "m002_event_ids_per_user",
+        """
+        UPDATE events SET event_id = user_id || char(31) || event_id WHERE event_id NOT LIKE 'h:%'
+        """,
+    ),
 )
 
 
@@ -123,7 +130,9 @@ def parse_rows(rows: list[Row], now: float) -> tuple[list[tuple[Row, ParsedEvent
         elif title and not text:
             text = title
         event_id = texts["event_id"][position]
-        if not event_id:
+        if event_id:
+            event_id = f"{user_id}\x1f{event_id}"  # ids are scoped per user (migration m002)
+        else:
             content = "\x1f".join([user_id, item_id, texts["timestamp"][position], event, texts["weight"][position]])
             event_id = "h:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
         parsed = ParsedEvent(
@@ -433,6 +442,10 @@ class FeedbackStore:
             if "no such table" in str(error):
                 return []
             raise
+
+    def check(self) -> None:
+        """Raise ArtifactError when the store exists but cannot be read (damaged, unreadable)."""
+        self._read("SELECT COUNT(*) FROM sqlite_master")
 
     def user_events(self, user_id: str) -> list[tuple[str, float]]:
         """Return (item_id, timestamp) of one user's feedback events, oldest first."""

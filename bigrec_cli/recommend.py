@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,12 @@ STATE_CACHE_SIZE = 100_000
 WARM_USERS = 20_000
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def spreadsheet_safe(text: str) -> str:
-    """Prefix a cell that a spreadsheet would run as a formula (=, +, -, @) with an apostrophe."""
+    """Drop control characters, and prefix a cell that a spreadsheet would run as a formula (=, +, -, @) with '."""
+    text = CONTROL.sub("", text)
     if text and (text[0] in "=+@\t\r" or (text[0] == "-" and not text[1:].replace(".", "", 1).isdigit())):
         return "'" + text
     return text

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gc
 import hmac
+import ipaddress
 import json
+import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -29,13 +32,14 @@ from pydantic import BaseModel, Field
 
 import bigrec_cli
 from bigrec_cli.errors import CannotListenError, StoreBusyError
-from bigrec_cli.feedback import IngestSummary, Row, ingest, rows_from_objects
+from bigrec_cli.feedback import FeedbackStore, IngestSummary, Row, ingest, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS_PER_REQUEST = 10_000
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOG = logging.getLogger("bigrec.serve")
 RETIRE_SECONDS = 5.0  # how long a swapped-out model stays open for requests that started on it
 HTTP_BUSY_TIMEOUT = 2.0  # seconds a feedback request waits for another writer before answering 503
 
@@ -88,11 +92,13 @@ class ModelWatcher:
         """Reload if the generation changed; return True when a new model was swapped in."""
         generation = self.generation()
         if generation == self.state.generation:
+            self.last_error = None  # whatever failed to load is no longer what the project points at
             return False
         try:
             fresh = self.load()
         except Exception as error:  # a damaged or half-promoted run must not take the server down
             self.last_error = f"{type(error).__name__}: {error}"
+            LOG.warning("not reloading: %s", self.last_error)
             return False
         retired, self.state = self.state, ServingState(fresh, generation)
         self.last_error = None
@@ -170,6 +176,32 @@ def feedback_body_schema() -> dict[str, Any]:
     }
 
 
+def host_name(host: str) -> str:
+    """The name part of a Host header (`[::1]:8000` → `::1`, `example.org:80` → `example.org`)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(name: str, allowed: set[str]) -> bool:
+    """A Host is answered when listed, or when it is an IP address (DNS rebinding needs a domain name)."""
+    if name in allowed or "*" in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+PATH = re.compile(r"(?:/[^/\s:'\"()]+)+/?")
+
+
+def without_paths(message: str | None) -> str | None:
+    """A message for /health, with file paths left out (they stay in the server's log)."""
+    return None if message is None else PATH.sub("<path>", message)
+
+
 def iso_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
@@ -183,6 +215,9 @@ def create_app(
     poll_seconds: float = 1.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     watch: bool = True,
+    allowed_hosts: set[str] | None = None,
+    allowed_origins: set[str] | None = None,
+    check_store: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the ASGI app from what it needs; `project_app` wires these to a project directory.
 
@@ -196,6 +231,9 @@ def create_app(
         poll_seconds: How often to look for a newly promoted run.
         max_body_bytes: Largest accepted request body.
         watch: Start the background watcher (tests may call `app.state.watcher.check()` instead).
+        allowed_hosts: Host header names to answer (DNS rebinding); None answers any.
+        allowed_origins: Origins allowed to POST across sites; a browser's cross-origin write is refused otherwise.
+        check_store: Raises when the feedback store is unusable; /health reports it.
     """
     import swagger_ui_bundle
 
@@ -226,6 +264,20 @@ def create_app(
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorize)] if token else []
+    origins = {origin.rstrip("/").lower() for origin in allowed_origins or ()}
+
+    @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        host = request.headers.get("host", "").lower()
+        if allowed_hosts is not None and not host_allowed(host_name(host), allowed_hosts):
+            return JSONResponse({"detail": f"host {host!r} is not served here (--allowed-host)"}, status_code=421)
+        origin = request.headers.get("origin", "").rstrip("/").lower()
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
+            if origin not in origins and origin.split("://", 1)[-1] != host:
+                return JSONResponse({"detail": f"cross-origin write from {origin} refused (--allowed-origin)"},
+                                    status_code=403)  # fmt: skip
+        return await call_next(request)
+
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
@@ -246,17 +298,24 @@ def create_app(
     async def health_head() -> Response:
         return Response(status_code=200)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Liveness and the run being served."""
+    @app.get("/health", responses={503: {"description": "The feedback store is unusable (damaged or unreadable)"}})
+    async def health() -> JSONResponse:
+        """Liveness, the run being served, and whether the feedback store can be read."""
         state = watcher.state
-        return {
+        answer = {
             "status": "ok",
             "run_id": state.recommender.run.run_id,
             "loaded_at": iso_time(state.loaded_at),
             "num_items": state.recommender.scorer.num_items,
-            "reload_error": watcher.last_error,
+            "reload_error": without_paths(watcher.last_error),
         }
+        if check_store is not None:
+            try:
+                check_store()
+            except Exception as error:  # a damaged store is an outage: say so instead of "ok"
+                answer.update(status="degraded", store_error=without_paths(f"{type(error).__name__}: {error}"))
+                return JSONResponse(answer, status_code=503)
+        return JSONResponse(answer)
 
     @app.get("/recommend", dependencies=guarded, response_model=RecommendAnswer)
     async def recommend(
@@ -282,6 +341,9 @@ def create_app(
 
         All or nothing: if any event is invalid, none is stored and the response lists the reasons (422).
         """
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, "send the events as application/json")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise HTTPException(413, f"body larger than {max_body_bytes} bytes")
@@ -326,7 +388,15 @@ def project_app(
     def store(rows: list[Row]) -> IngestSummary:
         return ingest(project, rows, source="http", all_or_nothing=True, busy_timeout=HTTP_BUSY_TIMEOUT)
 
-    return create_app(load=load, generation=project_generation(project), ingest=store, token=token, **options)
+    feedback_store = FeedbackStore(project.feedback_db)
+    return create_app(
+        load=load,
+        generation=project_generation(project),
+        ingest=store,
+        token=token,
+        check_store=feedback_store.check,
+        **options,
+    )
 
 
 def app_from_environment() -> FastAPI:
@@ -335,6 +405,8 @@ def app_from_environment() -> FastAPI:
         ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])),
         token=os.environ.get("BIGREC_TOKEN") or None,
         warm_users=int(os.environ.get("BIGREC_WARM_USERS", WARM_USERS)),
+        allowed_hosts=set(filter(None, os.environ.get("BIGREC_ALLOWED_HOSTS", "").split(","))),
+        allowed_origins=set(filter(None, os.environ.get("BIGREC_ALLOWED_ORIGINS", "").split(","))),
     )
     tune_process_for_serving()
     return app
@@ -384,6 +456,8 @@ def run(
     token: str | None = None,
     workers: int = 1,
     warm_users: int = WARM_USERS,
+    allowed_hosts: list[str] = (),
+    allowed_origins: list[str] = (),
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port.
@@ -393,10 +467,16 @@ def run(
     import uvicorn
 
     check_address(host, port)
+    hosts = (
+        LOOPBACK_HOSTS
+        | {host.strip("[]").lower(), socket.gethostname().lower()}
+        | {name.lower() for name in allowed_hosts}
+    )
+    origins = set(allowed_origins)
     if on_listening is not None:
         on_listening(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
     if workers == 1:
-        app = project_app(project, token=token, warm_users=warm_users)
+        app = project_app(project, token=token, warm_users=warm_users, allowed_hosts=hosts, allowed_origins=origins)
         tune_process_for_serving()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
@@ -404,6 +484,8 @@ def run(
     os.environ["BIGREC_WARM_USERS"] = str(warm_users)
     if token:
         os.environ["BIGREC_TOKEN"] = token
+    os.environ["BIGREC_ALLOWED_HOSTS"] = ",".join(sorted(hosts))
+    os.environ["BIGREC_ALLOWED_ORIGINS"] = ",".join(sorted(origins))
     uvicorn.run(
         "bigrec_cli.serve:app_from_environment",
         factory=True,

@@ -270,3 +270,106 @@ def test_damaged_feedback_store_is_one_line_everywhere(trained_copy, tmp_path):
         one_line_error(invoke(*args, "--project-dir", str(trained_copy)), "is damaged", "backup")
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(database).execute("SELECT 1 FROM events").fetchall()
+
+
+# Hardening 5: text is printed literally ---------------------------------------------------------------------------
+
+
+def test_titles_and_ids_are_printed_literally(trained_copy):
+    import pandas as pd
+
+    items_path = trained_copy / "data" / "items.parquet"
+    items = pd.read_parquet(items_path)
+    items["title"] = "Greatest hits [/remix] edition \x1b[2J :x:"
+    items.to_parquet(items_path, index=False)
+    result = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0001")
+    assert result.exit_code == 0, result.stderr
+    assert "Greatest hits [/remix] edition" in result.stdout and "\x1b[2J" not in result.stdout
+    assert ":x:" in result.stdout and "❌" not in result.stdout
+    weird = invoke("recommend", "--project-dir", str(trained_copy), "--user", "[/x]")
+    assert weird.exit_code == 0 and "[/x]" in weird.stdout, weird.stderr
+
+
+# Hardening 6 and 7: cross-site writes, Host, /health --------------------------------------------------------------
+
+
+def test_cross_site_writes_and_foreign_hosts_are_refused(trained_copy):
+    from bigrec_cli.serve import project_app
+
+    app = project_app(ProjectDir(trained_copy), watch=False, warm_users=0, allowed_hosts={"127.0.0.1", "localhost"})
+    event = '[{"user_id": "u1", "item_id": "i0001"}]'
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        json_header = {"Content-Type": "application/json"}
+        assert client.post("/feedback", content=event, headers={"Content-Type": "text/plain"}).status_code == 415
+        evil = client.post("/feedback", content=event, headers={**json_header, "Origin": "http://evil.example"})
+        assert evil.status_code == 403
+        same = client.post("/feedback", content=event, headers={**json_header, "Origin": "http://127.0.0.1:8000"})
+        assert same.status_code == 200, same.text
+        rebound = client.get("/health", headers={"Host": "attacker.example:8000"})
+        assert rebound.status_code == 421
+        assert client.get("/health", headers={"Host": "10.1.2.3:8000"}).status_code == 200
+
+
+def test_health_hides_paths_and_forgets_errors_once_fixed(trained_copy):
+    from bigrec_cli.serve import project_app
+
+    app = project_app(ProjectDir(trained_copy), watch=False, warm_users=0)
+    project = ProjectDir(trained_copy)
+    good = project.current_run_id()
+    with TestClient(app) as client:
+        project.current_path.write_text("20990101T000000Z-gone00\n")
+        assert app.state.watcher.check() is False
+        error = client.get("/health").json()["reload_error"]
+        assert error and str(trained_copy) not in error and "/" not in error.split(":", 1)[1]
+        project.current_path.write_text(good + "\n")
+        app.state.watcher.check()
+        assert client.get("/health").json()["reload_error"] is None
+
+
+def test_health_reports_a_damaged_store(trained_copy):
+    from bigrec_cli.serve import project_app
+
+    app = project_app(ProjectDir(trained_copy), watch=False, warm_users=0)
+    (trained_copy / "feedback.sqlite3").write_bytes(b"garbage" * 1000)
+    with TestClient(app) as client:
+        response = client.get("/health")
+        assert response.status_code == 503 and response.json()["status"] == "degraded"
+
+
+# Hardening 8 and 9 ------------------------------------------------------------------------------------------------
+
+
+def test_directory_and_truncated_vectors_are_one_line(trained_copy):
+    one_line_error(invoke("ingest-feedback", "--project-dir", str(trained_copy), "/etc"), "is a directory")
+    vectors = trained_copy / "features" / "item_vectors.npz"
+    vectors.write_bytes(vectors.read_bytes()[:1000])
+    one_line_error(invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0001"), "is damaged")
+
+
+def test_runs_list_marks_a_run_that_fails_its_checksums(trained_copy):
+    run = ProjectDir(trained_copy).current_run_dir()
+    (run / "item_vocab.json").write_text('["tampered"]')
+    listed = json.loads(invoke("runs", "list", "--project-dir", str(trained_copy), "--json").stdout)
+    assert [row["status"] for row in listed if row["run_id"] == run.name] == ["damaged"]
+
+
+def test_event_ids_are_scoped_per_user(preprocessed, tmp_path):
+    path = tmp_path / "fb.jsonl"
+    rows = [
+        {"user_id": "A", "item_id": "i0001", "event_id": "dup"},
+        {"user_id": "B", "item_id": "i0002", "event_id": "dup"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = invoke("ingest-feedback", str(path), "--json")
+    assert json.loads(result.stdout)["num_accepted"] == 2, result.stdout
+    again = invoke("ingest-feedback", str(path), "--json")
+    assert json.loads(again.stdout)["num_duplicates"] == 2
+
+
+def test_far_future_timestamps_are_refused(preprocessed, tmp_path):
+    path = tmp_path / "fb.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i0001,9999-01-01T00:00:00Z\nu1,i0001,1e300\nu1,i0002,1700000000\n")
+    result = invoke("ingest-feedback", str(path), "--json")
+    summary = json.loads(result.stdout)
+    assert (summary["num_accepted"], summary["num_rejected"]) == (1, 2)
+    assert all("future" in entry["reason"] for entry in summary["rejections"])
