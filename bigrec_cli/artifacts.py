@@ -19,9 +19,11 @@ import bigrec_cli
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import ArtifactError, NotTrainedError
 from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.itemitem import ItemItem
 from bigrec_cli.project import (
     RUN_CONFIG,
     RUN_HISTORY,
+    RUN_ITEM_ITEM,
     RUN_ITEM_VOCAB,
     RUN_MANIFEST,
     RUN_METRICS,
@@ -57,6 +59,7 @@ def write_run(
     history: list[dict],
     metrics: dict,
     manifest: dict,
+    item_item: ItemItem | None = None,
 ) -> Path:
     """Write a complete run and return its folder; a crash leaves only a hidden staging folder, never a half run.
 
@@ -68,12 +71,15 @@ def write_run(
         history: One entry per epoch.
         metrics: Validation metrics and training counts.
         manifest: Provenance to record beside the versions and file checksums (data fingerprint, feature model, …).
+        item_item: The item-to-item term the head adds (none when it did not help on validation).
     """
     run_id = project.new_run_id()
     staging = project.staging_run_dir(run_id)
     staging.mkdir(parents=True)
     try:
         weights.save(staging / RUN_SCORER)
+        if item_item is not None and item_item.alpha:
+            item_item.save(staging / RUN_ITEM_ITEM)
         atomic_write_json(staging / RUN_CONFIG, config.to_dict())
         atomic_write_json(staging / RUN_ITEM_VOCAB, item_ids)
         atomic_write_json(staging / RUN_HISTORY, history)
@@ -128,8 +134,10 @@ def load_run(run_dir: Path) -> Run:
 
 
 def run_scorer(run: Run) -> Scorer:
-    """Return the run's numpy scorer."""
-    return Scorer(ScorerWeights.load(run.directory / RUN_SCORER), run.item_ids)
+    """Return the run's numpy scorer (with its item-to-item term when it has one)."""
+    path = run.directory / RUN_ITEM_ITEM
+    item_item = ItemItem.load(path) if path.exists() else None
+    return Scorer(ScorerWeights.load(run.directory / RUN_SCORER), run.item_ids, item_item)
 
 
 def live_scorer(project: ProjectDir, run: Run) -> Scorer:
@@ -200,22 +208,48 @@ def promote_run(project: ProjectDir, run_id: str, reason: str = "manual") -> dic
     return {"run_id": run.run_id, "previous": previous}
 
 
+def rollback_target(project: ProjectDir) -> str | None:
+    """The run `rollback` would promote: the latest earlier promotion that is not current and still loads."""
+    current = project.current_run_id()
+    history = [entry["run_id"] for entry in read_json_lines(project.promotions_path) if "run_id" in entry]
+    for run_id in reversed(history):
+        if run_id == current:
+            continue
+        try:
+            load_run(_existing(project, run_id))
+        except (ArtifactError, NotTrainedError):
+            continue
+        return run_id
+    return None
+
+
+def prune_runs(project: ProjectDir, keep: int) -> list[str]:
+    """Delete completed runs beyond the `keep` newest; never `current` nor the rollback target. Returns the ids.
+
+    A run is first renamed to a hidden name (so it leaves listings at once), then deleted.
+    """
+    protected = {project.current_run_id(), rollback_target(project)}
+    runs = [row["run_id"] for row in list_runs(project)]
+    removed = []
+    for run_id in runs[: max(len(runs) - keep, 0)]:
+        if run_id in protected:
+            continue
+        doomed = project.runs_dir / f".pruned-{run_id}"
+        project.run_dir(run_id).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(run_id)
+    return removed
+
+
 def rollback(project: ProjectDir) -> dict:
     """Promote the run that was current before the present one (skipping runs that are gone or damaged)."""
     current = project.current_run_id()
     if current is None:
         raise NotTrainedError("nothing to roll back: no run is current", hint="run `bigrec train` first")
-    history = [entry["run_id"] for entry in read_json_lines(project.promotions_path) if "run_id" in entry]
-    while history and history[-1] == current:
-        history.pop()
-    for run_id in reversed(history):
-        if run_id == current:
-            continue
-        try:
-            return promote_run(project, run_id, reason=f"rollback from {current}")
-        except (ArtifactError, NotTrainedError):
-            continue
-    raise NotTrainedError(f"no earlier run to roll back to from {current}", hint="see `bigrec runs list`")
+    target = rollback_target(project)
+    if target is None:
+        raise NotTrainedError(f"no earlier run to roll back to from {current}", hint="see `bigrec runs list`")
+    return promote_run(project, target, reason=f"rollback from {current}")
 
 
 def status(project: ProjectDir) -> dict:

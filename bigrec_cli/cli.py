@@ -275,6 +275,12 @@ def train(
     id_embedding: Annotated[
         bool, typer.Option(help="Add a learned per-item vector to the text vector.")
     ] = TrainConfig.id_embedding,
+    history_mean: Annotated[
+        bool, typer.Option(help="Add the mean of the history's item vectors to the user vector.")
+    ] = TrainConfig.history_mean,
+    item_item: Annotated[
+        bool, typer.Option(help="Add an item-to-item term (EASE/ItemKNN), weighted on the validation split.")
+    ] = TrainConfig.item_item,
     fine_tune_bert: Annotated[
         bool, typer.Option(help="Train the BERT encoder end to end (small catalogs).")
     ] = TrainConfig.fine_tune_bert,
@@ -356,6 +362,14 @@ def recommend(
     k: Annotated[int, typer.Option(min=1, max=1000, help="How many items.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Allow items the user already interacted with.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the CSV here instead of printing.")] = None,
+    where: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Only items whose attribute matches: category=guitars, price<100 (repeatable, all hold)."),
+    ] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="An item id never to recommend (repeatable).")] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="For each item, the history items that raised its score most.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Top-K items for a user's latest behaviour (ingested feedback included); unknown users get popular items."""
@@ -367,7 +381,14 @@ def recommend(
             raise BigrecError("give exactly one of --user and --users", hint="e.g. --user 42 or --users users.csv")
         recommender = Recommender(ProjectDir(project_dir))
         user_ids = [user] if user is not None else read_user_ids(users)
-        answers = recommender.recommend_many(user_ids, k=k, exclude_seen=not include_seen)
+        answers = recommender.recommend_many(
+            user_ids,
+            k=k,
+            exclude_seen=not include_seen,
+            where=tuple(where or ()),
+            exclude=tuple(exclude or ()),
+            explain=explain,
+        )
         if output is not None:
             write_text(output, answers_csv(answers))
     if as_json:
@@ -477,6 +498,9 @@ def retrain(
     learning_rate: Annotated[
         Optional[float], typer.Option(help="Adam learning rate (default: the current run's).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain even when nothing is new since the current run.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Fold in feedback, extract new items, warm-start training, and promote only a run that is not worse.
@@ -497,12 +521,15 @@ def retrain(
                 on_stage=info,
                 on_epoch=report_epoch,
                 on_step=on_step,
+                force=force,
             )
     if result.decision == "skipped":
         info(f"retrain skipped: {result.record['reason']}")
+    if result.decision == "nothing-new":
+        info(f"{result.record['reason']} (--force retrains anyway)")
     if as_json:
         print_json({"decision": result.decision, **result.record})
-    elif result.decision != "skipped":
+    elif result.decision not in ("skipped", "nothing-new"):
         key_values(
             f"retrain: {result.decision}",
             {key: value for key, value in result.record.items() if not isinstance(value, dict)},
@@ -510,6 +537,41 @@ def retrain(
     if result.decision == "rejected":
         info(f"candidate {result.record['candidate_run']} rejected by the gate; `bigrec runs promote` to use it anyway")
         raise typer.Exit(EXIT_RUN_REJECTED)
+
+
+@app.command()
+def export(
+    destination: Annotated[Path, typer.Argument(help="Folder to write (replaced if it exists).")],
+    project_dir: ProjectOption,
+    export_format: Annotated[str, typer.Option("--format", help="savedmodel (TensorFlow SavedModel).")] = "savedmodel",
+    run: Annotated[Optional[str], typer.Option(help="Run id to export instead of the promoted one.")] = None,
+) -> None:
+    """Write the scorer as a TensorFlow SavedModel (item indices in; logits, or the top-K items, out)."""
+    with user_errors():
+        project = ProjectDir(project_dir)
+        project.current_run_dir() if run is None else project.run_dir(run)
+        from bigrec_cli import export
+
+        written = export.export(project, destination, run_id=run, fmt=export_format)
+    info(f"wrote {written}: signatures serving_default (sequences, k -> top-k) and logits (sequences -> logits)")
+
+
+@app.command("forget-user")
+def forget_user(
+    user: Annotated[str, typer.Argument(help="The user id whose behaviour to remove.")],
+    project_dir: ProjectOption,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a user's events from the data, the feedback store and the rejects log (idempotent, logged)."""
+    from bigrec_cli import forget
+
+    with user_errors():
+        summary = forget.forget_user(ProjectDir(project_dir), user)
+    if as_json:
+        print_json(summary.__dict__)
+    else:
+        key_values("forget-user", summary.__dict__)
+    info("the next retrain trains without them; a running server reloads within a second")
 
 
 @app.command()
@@ -572,6 +634,23 @@ def runs_promote(
     with user_errors():
         result = artifacts.promote_run(ProjectDir(project_dir), run_id)
     info(f"current: {result['run_id']} (was {result['previous']})")
+
+
+@runs_app.command("prune")
+def runs_prune(
+    project_dir: ProjectOption,
+    keep: Annotated[int, typer.Option(min=1, help="How many of the newest runs to keep.")] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete old runs, keeping the newest --keep, `current` and the run a rollback would return to."""
+    from bigrec_cli import artifacts
+
+    with user_errors():
+        removed = artifacts.prune_runs(ProjectDir(project_dir), keep=keep)
+    if as_json:
+        print_json({"removed": removed})
+    else:
+        info(f"removed {len(removed)} run(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @runs_app.command("rollback")

@@ -33,6 +33,10 @@ class TrainConfig:
         dropout: Dropout on the item vectors the LSTM reads.
         id_dropout: Share of item lookups that drop the learned ID vector during training, so the text path
             learns to stand alone (helps items with no interactions).
+        history_mean: Add the projected mean of the history's item vectors to the user vector (the history as a
+            set, beside the LSTM's order-aware state).
+        item_item: Add an item-to-item term (EASE or ItemKNN on the training split) to the logit, weighted by the
+            validation split (weight 0 when it does not help).
         weight_average: Decay of the moving average of the weights that validation scores and the run keeps;
             0 keeps the raw weights of the best epoch.
     """
@@ -54,6 +58,8 @@ class TrainConfig:
     dropout: float = 0.2
     id_dropout: float = 0.0
     weight_average: float = 0.99
+    history_mean: bool = True
+    item_item: bool = True
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")

@@ -95,9 +95,22 @@ def recommendations_table(answer: dict) -> None:
     table.add_column("item_id")
     table.add_column("title")
     table.add_column("score", justify="right")
+    explained = any("because" in item for item in answer["items"])
+    if explained:
+        table.add_column("because of")
     for item in answer["items"]:
         score = "" if item["score"] is None else f"{item['score']:.4f}"
-        table.add_row(str(item["rank"]), plain(item["item_id"]), plain(item["title"]), score)
+        cells = [str(item["rank"]), plain(item["item_id"]), plain(item["title"]), score]
+        if explained:
+            reasons = item.get("because", [])
+            cells.append(
+                plain(
+                    ", ".join(
+                        f"{reason['title'] or reason['item_id']} (+{reason['contribution']:.2f})" for reason in reasons
+                    )
+                )
+            )
+        table.add_row(*cells)
     console.print(table)
 
 

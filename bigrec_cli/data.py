@@ -19,6 +19,7 @@ from bigrec_cli.events import MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, validate_ev
 from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json
 
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
+RESERVED_ITEM_COLUMNS = ("item_id", "title", "text", "item_index")
 MOVIELENS_GENRES = (
     "unknown",
     "Action",
@@ -206,6 +207,9 @@ def clean_items(
     for part in parts[1:]:
         text = text.str.cat(part, sep=" | ").str.strip(" |")
     items = pd.DataFrame({"item_id": item_ids, "title": frame[title_column].fillna("").astype(str), "text": text})
+    for column in frame.columns:  # every other column is kept as an attribute that `--where` can filter on
+        if str(column) not in RESERVED_ITEM_COLUMNS:
+            items[str(column)] = frame[column].fillna("").astype(str).to_numpy()
     return items, text_columns, title_column
 
 

@@ -443,6 +443,18 @@ class FeedbackStore:
                 return []
             raise
 
+    def delete_user(self, user_id: str) -> int:
+        """Delete every feedback event of one user; return how many."""
+        if not self.exists():
+            return 0
+        with self.errors():
+            connection = self.connect()
+            try:
+                self.migrate(connection)
+                return connection.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            finally:
+                connection.close()
+
     def check(self) -> None:
         """Raise ArtifactError when the store exists but cannot be read (damaged, unreadable)."""
         self._read("SELECT COUNT(*) FROM sqlite_master")

@@ -107,6 +107,11 @@ class SequenceRecommender(keras.Model):
             name="lstm",
         )
         self.user_projection = keras.layers.Dense(config.dim, name="user_projection")
+        # The mean of every item vector read so far, projected into the user vector: the whole history as a set,
+        # next to the LSTM's order-aware state (a factorised item-to-item term, as in FISM). Zero at the start.
+        self.history_projection = keras.layers.Dense(
+            config.dim, use_bias=False, kernel_initializer="zeros", trainable=config.history_mean, name="history"
+        )
         self.head = keras.layers.Dense(1, kernel_initializer="ones", name="head")  # starts as a plain dot product
         self.positive_weight = positive_weight(config, num_sampled_items)
 
@@ -116,8 +121,11 @@ class SequenceRecommender(keras.Model):
     def states(self, sequences: "tf.Tensor", training: bool = False) -> "tf.Tensor":
         """Return (batch, length, dim) user vectors after each position of left-padded sequences."""
         vectors = self.dropout(self.items(sequences, training=training), training=training)
-        hidden = self.lstm(vectors, mask=tf.not_equal(sequences, 0), training=training)
-        return self.user_projection(hidden)
+        mask = tf.not_equal(sequences, 0)
+        hidden = self.lstm(vectors, mask=mask, training=training)
+        present = tf.cast(mask, vectors.dtype)[:, :, None]
+        means = tf.cumsum(vectors * present, axis=1) / tf.maximum(tf.cumsum(present, axis=1), 1.0)
+        return self.user_projection(hidden) + self.history_projection(means)
 
     def candidate_logits(self, states: "tf.Tensor", candidates: "tf.Tensor", training: bool = False) -> "tf.Tensor":
         """Return logits of (batch, length, num_candidates) candidate items at each position."""
@@ -221,6 +229,7 @@ def export_scorer_weights(model: SequenceRecommender, batch_size: int = 256) -> 
         lstm_bias=bias,
         user_kernel=model.user_projection.kernel.numpy(),
         user_bias=model.user_projection.bias.numpy(),
+        history_kernel=model.history_projection.kernel.numpy(),
         head_kernel=model.head.kernel.numpy(),
         head_bias=model.head.bias.numpy(),
         cold_item_bias=np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])]),
@@ -277,4 +286,5 @@ def warm_start(
     items.item_bias.assign(bias)
     model.lstm.cell.set_weights([weights.lstm_kernel, weights.lstm_recurrent_kernel, weights.lstm_bias])
     model.user_projection.set_weights([weights.user_kernel, weights.user_bias])
+    model.history_projection.set_weights([weights.history_kernel])
     model.head.set_weights([weights.head_kernel, weights.head_bias])

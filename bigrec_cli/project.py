@@ -33,6 +33,7 @@ LOCK_FILE = "retrain.lock"
 
 RUN_CONFIG = "config.json"
 RUN_SCORER = "scorer.npz"
+RUN_ITEM_ITEM = "item_item.npz"
 RUN_ITEM_VOCAB = "item_vocab.json"
 RUN_METRICS = "metrics.json"
 RUN_HISTORY = "history.json"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bigrec_cli.artifacts import live_scorer, load_run
+from bigrec_cli.data import RESERVED_ITEM_COLUMNS
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir
@@ -36,21 +37,48 @@ def answers_csv(answers: list[dict]) -> str:
     """Return answers as CSV text, one row per recommended item, with formula cells neutralised."""
     stream = io.StringIO(newline="")
     writer = csv.writer(stream)
-    writer.writerow(["user_id", "rank", "item_id", "title", "score", "cold_start"])
+    explained = any("because" in item for answer in answers for item in answer["items"])
+    writer.writerow(["user_id", "rank", "item_id", "title", "score", "cold_start"] + (["because"] if explained else []))
     for answer in answers:
         for item in answer["items"]:
             score = "" if item["score"] is None else f"{item['score']:.6f}"
-            writer.writerow(
-                [
-                    spreadsheet_safe(answer["user_id"]),
-                    item["rank"],
-                    spreadsheet_safe(item["item_id"]),
-                    spreadsheet_safe(item["title"]),
-                    score,
-                    int(answer["cold_start"]),
-                ]
-            )
+            row = [
+                spreadsheet_safe(answer["user_id"]),
+                item["rank"],
+                spreadsheet_safe(item["item_id"]),
+                spreadsheet_safe(item["title"]),
+                score,
+                int(answer["cold_start"]),
+            ]
+            if explained:
+                row.append(spreadsheet_safe(";".join(reason["item_id"] for reason in item.get("because", []))))
+            writer.writerow(row)
     return stream.getvalue()
+
+
+CONDITION = re.compile(r"^\s*([^=!<>]+?)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+
+
+def attribute_mask(attributes: pd.DataFrame, condition: str) -> np.ndarray:
+    """Which items satisfy one `column OP value` condition (numbers compared as numbers, text as text)."""
+    match = CONDITION.match(condition)
+    if not match:
+        raise ConfigError(f"cannot read the filter {condition!r}", hint="write column=value, column!=value or column<3")
+    column, operator, value = match.groups()
+    if column not in attributes.columns:
+        known = ", ".join(attributes.columns) or "none (add columns to the items file)"
+        raise ConfigError(f"items have no attribute {column!r}", hint=f"attributes: {known}")
+    cells = attributes[column].astype(str)
+    if operator in ("=", "!="):
+        equal = (cells == value).to_numpy()
+        return equal if operator == "=" else ~equal
+    try:
+        bound = float(value)
+    except ValueError:
+        raise ConfigError(f"{condition!r} compares with {value!r}, not a number", hint="use = or != for text") from None
+    numbers = pd.to_numeric(cells, errors="coerce").to_numpy(dtype="float64")
+    compare = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[operator]
+    return compare(numbers, bound) & ~np.isnan(numbers)
 
 
 class Recommender:
@@ -68,8 +96,11 @@ class Recommender:
         self.max_len = self.run.config.max_len
         self.store = FeedbackStore(project.feedback_db)
         self._state_cache: dict[bytes, np.ndarray] = {}
-        items = pd.read_parquet(project.items_path, columns=["item_id", "title"])
+        items = pd.read_parquet(project.items_path)
         self.catalog_items = set(items["item_id"])
+        attribute_columns = [column for column in items.columns if column not in RESERVED_ITEM_COLUMNS]
+        self.attributes = items.set_index("item_id")[attribute_columns].reindex(self.scorer.item_ids).fillna("")
+        self._masks: dict[tuple, np.ndarray] = {}
         extra = self.store.new_items(exclude=self.catalog_items)
         self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
         events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
@@ -125,13 +156,47 @@ class Recommender:
             result.append([item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])])
         return result
 
-    def recommend_many(self, user_ids: list[str], k: int = 10, exclude_seen: bool = True) -> list[dict]:
+    def candidates(self, where: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> np.ndarray | None:
+        """The items that may be recommended, as a mask over items 1…N (None: all of them).
+
+        Args:
+            where: Conditions on item attributes (extra columns of the items file), all of which must hold:
+                `column=value`, `column!=value`, or `column<value` (also `<=`, `>`, `>=`; compared as numbers).
+            exclude: Item ids never to recommend.
+        """
+        if not where and not exclude:
+            return None
+        key = (tuple(where), tuple(exclude))
+        if key not in self._masks:
+            allowed = np.ones(self.scorer.num_items, dtype=bool)
+            for condition in where:
+                allowed &= attribute_mask(self.attributes, condition)
+            for item_id in exclude:
+                if item_id in self.scorer.index_of:
+                    allowed[self.scorer.index_of[item_id] - 1] = False
+            if len(self._masks) > 64:
+                self._masks.clear()
+            self._masks[key] = allowed
+        return self._masks[key]
+
+    def recommend_many(
+        self,
+        user_ids: list[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        where: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        explain: bool = False,
+    ) -> list[dict]:
         """Return one answer per user: `{"user_id", "cold_start", "items": [{"rank", "item_id", "title", "score"}]}`.
 
-        Users with no behaviour get the most popular items, flagged `cold_start`.
+        Users with no behaviour get the most popular items, flagged `cold_start`. `where` and `exclude` filter the
+        candidates before the top-K (see `candidates`); `explain` adds to each item the history items that raised
+        its score most (`because`), found by occlusion.
         """
         if not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}", hint="pass a smaller --k")
+        allowed = self.candidates(tuple(where), tuple(exclude))
         histories = self.histories(user_ids)
         warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
@@ -142,19 +207,56 @@ class Recommender:
             states = self._user_states(sequences)
             for start in range(0, len(warm), 512):
                 rows = warm[start : start + 512]
-                logits = self.scorer.logits_from_states(states[start : start + 512])
+                logits = self.scorer.logits_from_states(states[start : start + 512], sequences[start : start + 512])
+                if allowed is not None:
+                    logits[:, ~allowed] = -np.inf
                 for row, items in zip(rows, self._top_k(logits, [histories[row] for row in rows], k, exclude_seen)):
                     answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
                 seen = set(histories[row]) if exclude_seen else set()
-                popular = [item for item in self.popular if item not in seen][:k]
+                popular = [
+                    item
+                    for item in self.popular
+                    if item not in seen and (allowed is None or allowed[self.scorer.index_of[item] - 1])
+                ][:k]
                 answer["items"] = [self._item(rank, item, None) for rank, item in enumerate(popular, start=1)]
+            elif explain:
+                self._explain(answer, histories[row])
         return answers
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict:
+    def _explain(self, answer: dict, history: list[str], top: int = 3) -> None:
+        """Add `because` to each item: the history items whose removal lowers its logit most (occlusion).
+
+        One batched pass: the history with each of its last `max_len` items left out in turn, scored for the
+        recommended items only.
+        """
+        known = [item for item in history if item in self.scorer.index_of][-self.max_len :]
+        if not known or not answer["items"]:
+            return
+        variants = [known[:position] + known[position + 1 :] for position in range(len(known))]
+        sequences = self.scorer.encode_sequences([known, *variants], self.max_len)
+        states = self.scorer.user_states(sequences)
+        columns = np.array([self.scorer.index_of[item["item_id"]] for item in answer["items"]])
+        logits = states @ self.scorer.output_vectors[columns].T + self.scorer.output_bias[columns]
+        if self.scorer.item_item is not None:
+            logits = logits + self.scorer.item_item.scores(sequences)[:, columns - 1]
+        drops = logits[0][None, :] - logits[1:]  # (history items, recommended items): how much each one added
+        for column, item in enumerate(answer["items"]):
+            order = np.argsort(-drops[:, column], kind="stable")[:top]
+            item["because"] = [
+                {
+                    "item_id": known[row],
+                    "title": self.titles.get(known[row], ""),
+                    "contribution": float(drops[row, column]),
+                }
+                for row in order
+                if drops[row, column] > 0
+            ]
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, **options) -> dict:
         """Return the top-k answer for one user (see recommend_many)."""
-        return self.recommend_many([user_id], k, exclude_seen)[0]
+        return self.recommend_many([user_id], k, exclude_seen, **options)[0]
 
     def _user_states(self, sequences: np.ndarray) -> np.ndarray:
         """LSTM states for index sequences, reusing those computed for the very same sequence before.

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bigrec_cli.artifacts import live_scorer, load_run
+from bigrec_cli.artifacts import Run, live_scorer, load_run
 from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, fold_feedback, load_events
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir, append_json_line
+from bigrec_cli.project import ProjectDir, append_json_line, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
 
 
@@ -60,6 +60,20 @@ def holdout_reports(project: ProjectDir, run_dir: Path, events) -> dict[str, dic
     }
 
 
+def nothing_new(project: ProjectDir, run: Run, overrides: dict) -> str | None:
+    """Say why a retrain would change nothing (no new events, items or configuration), or None if it would."""
+    data = read_json(project.data_meta_path)
+    if run.manifest.get("data_fingerprint") != data.get("fingerprint"):
+        return None
+    if FeedbackStore(project.feedback_db).max_rowid() > int(run.manifest.get("feedback_rowid", 0)):
+        return None
+    if read_json(project.features_meta_path).get("num_items") != len(run.item_ids):
+        return None
+    if any(getattr(run.config, key) != value for key, value in overrides.items()):
+        return None
+    return f"nothing new since run {run.run_id}: no new events, items or configuration"
+
+
 def retrain(
     project: ProjectDir,
     *,
@@ -70,6 +84,7 @@ def retrain(
     on_epoch: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> RetrainResult:
     """Retrain on everything the project knows and promote the result only if it is not worse.
 
@@ -82,6 +97,7 @@ def retrain(
         on_epoch: Called after each epoch with its metrics.
         on_step: Called after each training step with (epoch, steps done, steps per epoch).
         on_stage: Called with a short description as each stage starts.
+        force: Retrain even when nothing is new since the current run.
 
     Returns:
         The decision and the record appended to `retrain.log.jsonl`.
@@ -95,6 +111,15 @@ def retrain(
         current_id = project.current_run_id()
         current_dir = project.current_run_dir() if current_id else None
         durations: dict[str, float] = {}
+        overrides = {
+            key: value
+            for key, value in (("epochs", epochs), ("seed", seed), ("learning_rate", learning_rate))
+            if value is not None
+        }
+        if current_dir is not None and not force:
+            unchanged = nothing_new(project, load_run(current_dir), overrides)
+            if unchanged:
+                return RetrainResult("nothing-new", {"reason": unchanged, "current_run": current_id})
 
         say("extracting vectors for new or changed items")
         from bigrec_cli import features
@@ -108,11 +133,6 @@ def retrain(
         from bigrec_cli.train import train
 
         base = load_run(current_dir).config if current_dir else TrainConfig()
-        overrides = {
-            key: value
-            for key, value in (("epochs", epochs), ("seed", seed), ("learning_rate", learning_rate))
-            if value is not None
-        }
         config = TrainConfig.from_dict({**base.to_dict(), **overrides, "fine_tune_bert": False})
         clock = time.perf_counter()
         result = train(

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bigrec_cli.errors import ArtifactError
 from bigrec_cli.vectors import load_arrays, save_arrays
+
+if TYPE_CHECKING:
+    from bigrec_cli.itemitem import ItemItem
 
 # The LSTM as Keras computes it: `model.py` builds its layer from these, and `Scorer` steps through them in numpy.
 LSTM_GATES = ("input", "forget", "candidate", "output")  # Keras' order of the gate blocks in kernel columns
@@ -45,6 +49,7 @@ class ScorerWeights:
     lstm_bias: np.ndarray  # (4 units,)
     user_kernel: np.ndarray  # (units, dim)
     user_bias: np.ndarray  # (dim,)
+    history_kernel: np.ndarray  # (dim, dim): the mean of the history's item vectors, into the user vector
     head_kernel: np.ndarray  # (dim, 1)
     head_bias: np.ndarray  # (1,)
     cold_item_bias: np.ndarray  # (1,)
@@ -66,6 +71,7 @@ class ScorerWeights:
             "lstm_bias": (4 * units,),
             "user_kernel": (units, dim),
             "user_bias": (dim,),
+            "history_kernel": (dim, dim),
             "head_kernel": (dim, 1),
             "head_bias": (1,),
             "cold_item_bias": (1,),
@@ -83,6 +89,8 @@ class ScorerWeights:
         arrays = dict(arrays)
         if "cold_item_bias" not in arrays and "item_bias" in arrays:  # runs written before it existed
             arrays["cold_item_bias"] = np.median(arrays["item_bias"][1:], keepdims=True)
+        if "history_kernel" not in arrays and "user_bias" in arrays:  # runs written before it existed
+            arrays["history_kernel"] = np.zeros((len(arrays["user_bias"]),) * 2, dtype="float32")
         names = {item.name for item in fields(cls)}
         if set(arrays) != names:
             missing, unknown = sorted(names - set(arrays)), sorted(set(arrays) - names)
@@ -113,13 +121,14 @@ class Scorer:
         item_ids: Item id of rows 1…N.
     """
 
-    def __init__(self, weights: ScorerWeights, item_ids: list[str]) -> None:
+    def __init__(self, weights: ScorerWeights, item_ids: list[str], item_item: ItemItem | None = None) -> None:
         if len(item_ids) + 1 != weights.text_vectors.shape[0]:
             raise ArtifactError(
                 f"the scorer has {weights.text_vectors.shape[0] - 1} items, the vocabulary {len(item_ids)}",
                 hint="the run is damaged: train again",
             )
         self.weights = weights
+        self.item_item = item_item if item_item is not None and item_item.alpha else None
         self.item_ids = list(item_ids)
         self.index_of = {item_id: index + 1 for index, item_id in enumerate(self.item_ids)}
         self._refresh()
@@ -153,6 +162,8 @@ class Scorer:
         for index in fresh:
             self.item_ids.append(item_ids[index])
             self.index_of[item_ids[index]] = len(self.item_ids)
+        if self.item_item is not None:
+            self.item_item = self.item_item.grow(len(self.item_ids) + 1)
         self._refresh()
 
     def user_states(self, sequences: np.ndarray) -> np.ndarray:
@@ -185,7 +196,12 @@ class Scorer:
             self._lstm_step(gates, hidden[:active], cell[:active], units)
         states = np.empty_like(hidden)
         states[order] = hidden
-        return states @ w.user_kernel + w.user_bias
+        return states @ w.user_kernel + w.user_bias + self._history_means(sequences) @ w.history_kernel
+
+    def _history_means(self, sequences: np.ndarray) -> np.ndarray:
+        """The mean item vector of each row's items (padding excluded; zeros for an empty row)."""
+        counts = np.maximum((sequences > 0).sum(axis=1, keepdims=True), 1).astype("float32")
+        return self.input_vectors[sequences].sum(axis=1) / counts
 
     @staticmethod
     def _lstm_step(gates: np.ndarray, hidden: np.ndarray, cell: np.ndarray, units: int) -> None:
@@ -209,15 +225,19 @@ class Scorer:
             self._lstm_step(gates, new_hidden, new_cell, units)
             hidden = np.where(active[:, None], new_hidden, hidden)
             cell = np.where(active[:, None], new_cell, cell)
-        return hidden @ w.user_kernel + w.user_bias
+        return hidden @ w.user_kernel + w.user_bias + self._history_means(sequences) @ w.history_kernel
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:
         """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1)."""
-        return self.logits_from_states(self.user_states(sequences))
+        return self.logits_from_states(self.user_states(sequences), sequences)
 
-    def logits_from_states(self, states: np.ndarray) -> np.ndarray:
-        """Return logits for user vectors from `user_states`: one matrix product with the item matrix."""
-        return states @ self.output_vectors[1:].T + self.output_bias[1:]
+    def logits_from_states(self, states: np.ndarray, sequences: np.ndarray | None = None) -> np.ndarray:
+        """Return logits for user vectors from `user_states`: one matrix product with the item matrix, plus the
+        item-to-item term of the same `sequences` when the run has one."""
+        logits = states @ self.output_vectors[1:].T + self.output_bias[1:]
+        if self.item_item is not None and sequences is not None:
+            logits += self.item_item.scores(sequences)
+        return logits
 
     def probabilities(self, sequences: np.ndarray) -> np.ndarray:
         """Return the sigmoid engagement probabilities, (num_users, num_items)."""

@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 import bigrec_cli
-from bigrec_cli.errors import CannotListenError, StoreBusyError
+from bigrec_cli.errors import CannotListenError, ConfigError, StoreBusyError
 from bigrec_cli.feedback import FeedbackStore, IngestSummary, Row, ingest, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
@@ -45,14 +45,16 @@ HTTP_BUSY_TIMEOUT = 2.0  # seconds a feedback request waits for another writer b
 
 
 def project_generation(project: ProjectDir) -> Callable[[], Hashable]:
-    """What the served model depends on: the promoted run and the item vectors' write time."""
+    """What the served model depends on: the promoted run, and when the item vectors and the data were written."""
 
     def generation() -> Hashable:
-        try:
-            features_time = project.features_meta_path.stat().st_mtime
-        except FileNotFoundError:
-            features_time = 0.0
-        return project.current_run_id(), features_time
+        times = []
+        for path in (project.features_meta_path, project.data_meta_path):
+            try:
+                times.append(path.stat().st_mtime_ns)
+            except FileNotFoundError:
+                times.append(0)
+        return project.current_run_id(), *times
 
     return generation
 
@@ -123,11 +125,18 @@ class ModelWatcher:
         self._stop.set()
 
 
+class Reason(BaseModel):
+    item_id: str
+    title: str
+    contribution: float = Field(description="How much the item's logit drops when this history item is left out.")
+
+
 class RecommendedItem(BaseModel):
     rank: int
     item_id: str
     title: str
     score: float | None = Field(description="Engagement probability; null for popular items given at cold start.")
+    because: list[Reason] | None = Field(None, description="With explain=true: the history items that raised it most.")
 
 
 class RecommendAnswer(BaseModel):
@@ -319,11 +328,22 @@ def create_app(
 
     @app.get("/recommend", dependencies=guarded, response_model=RecommendAnswer)
     async def recommend(
-        user: str = Query(min_length=1, max_length=256), k: int = Query(10, ge=1, le=MAX_K), include_seen: bool = False
+        user: str = Query(min_length=1, max_length=256),
+        k: int = Query(10, ge=1, le=MAX_K),
+        include_seen: bool = False,
+        where: list[str] = Query(default=[], description="Attribute filters, all of which hold: category=guitars"),
+        exclude: list[str] = Query(default=[], description="Item ids never to recommend"),
+        explain: bool = Query(False, description="Add each item's most influential history items (`because`)"),
     ) -> Response:
         """Top-k items for the user's latest behaviour, the same answer as `bigrec recommend --json`."""
         recommender = watcher.state.recommender
-        answer = await run_in_threadpool(recommender.recommend, user, k=k, exclude_seen=not include_seen)
+        options = {"exclude_seen": not include_seen, "where": tuple(where), "exclude": tuple(exclude)}
+        if explain:
+            options["explain"] = True
+        try:
+            answer = await run_in_threadpool(recommender.recommend, user, k=k, **options)
+        except ConfigError as error:
+            raise HTTPException(400, str(error)) from None
         return Response(json.dumps(answer), media_type="application/json")
 
     @app.post(

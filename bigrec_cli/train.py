@@ -18,9 +18,17 @@ from bigrec_cli.config import TrainConfig
 from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID, fold_feedback, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
-from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report, training_windows, user_sequences
+from bigrec_cli.protocol import (
+    holdout_cases,
+    indexed_events,
+    left_pad,
+    scorer_report,
+    training_windows,
+    user_sequences,
+)
 from bigrec_cli.scoring import Scorer, ScorerWeights
 from bigrec_cli.vectors import load_item_vectors
 
@@ -193,6 +201,15 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
     return encoder.model, table
 
 
+def choose_item_item(scorer: Scorer, sequences: dict, cases, max_len: int) -> tuple[ItemItem | None, dict]:
+    """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
+    padded = left_pad(cases.histories, max_len)
+    logits = scorer.logits(padded)
+    excluded = [history - 1 for history in cases.histories]
+    train_matrix = history_matrix(sequences, scorer.num_items)
+    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded)
+
+
 def train(
     project: ProjectDir,
     config: TrainConfig,
@@ -269,17 +286,21 @@ def train(
     cold[0] = False
     reset_cold_items(model, cold)
     weights = export_scorer_weights(model)
-    metrics = {
-        f"val_{name}": value for name, value in scorer_report(Scorer(weights, item_ids), cases, config.max_len).items()
-    }
+    item_item, item_item_choice = None, {"chosen": {"method": "none"}}
+    if config.item_item:
+        item_item, item_item_choice = choose_item_item(Scorer(weights, item_ids), sequences, cases, config.max_len)
+    scorer = Scorer(weights, item_ids, item_item)
+    metrics = {f"val_{name}": value for name, value in scorer_report(scorer, cases, config.max_len).items()}
     final = write_run(
         project,
         config=config,
         weights=weights,
         item_ids=item_ids,
         history=stopper.history,
+        item_item=item_item,
         metrics={
             **metrics,
+            "item_item": item_item_choice["chosen"],
             "best_epoch": stopper.best_epoch,
             "epochs_run": len(stopper.history),
             "num_cold_items": int(cold.sum()),

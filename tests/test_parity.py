@@ -16,6 +16,7 @@ CASES = {
     "no id embedding": {"id_embedding": False},
     "gbce": {"loss": "gbce", "gbce_t": 0.5},
     "id dropout": {"id_dropout": 0.5},
+    "no history mean": {"history_mean": False},
     "fine-tuned bert": {"fine_tune_bert": True},
 }
 SEQUENCES = np.array(
@@ -55,7 +56,8 @@ def randomized_model(overrides: dict, small_bert):
     text_vectors = rng.normal(size=(NUM_ITEMS + 1, text_dim)).astype("float32")
     text_vectors[0] = 0.0
     model = build_model(config, text_vectors, bert=bert, token_table=token_table)
-    for variable in model.items.weights + model.lstm.weights + model.user_projection.weights + model.head.weights:
+    layers = (model.items, model.lstm, model.user_projection, model.history_projection, model.head)
+    for variable in [variable for layer in layers for variable in layer.weights]:
         if variable.name.split("/")[-1].startswith("text_vectors"):
             continue
         variable.assign(rng.normal(scale=0.5, size=variable.shape).astype("float32"))
@@ -90,6 +92,7 @@ def test_scorer_weights_check_names_and_shapes():
         "lstm_bias": np.zeros(4 * units),
         "user_kernel": np.zeros((units, dim)),
         "user_bias": np.zeros(dim),
+        "history_kernel": np.zeros((dim, dim)),
         "head_kernel": np.zeros((dim, 1)),
         "head_bias": np.zeros(1),
         "cold_item_bias": np.zeros(1),

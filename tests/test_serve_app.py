@@ -15,7 +15,7 @@ class FakeRecommender:
         self.run = SimpleNamespace(run_id=run_id)
         self.scorer = SimpleNamespace(num_items=3)
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict:
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, **options) -> dict:
         items = [{"rank": 1, "item_id": f"{self.run.run_id}-top", "title": "", "score": 0.9}]
         return {"user_id": user_id, "cold_start": False, "items": items[:k]}
 

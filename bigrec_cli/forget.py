@@ -1,0 +1,93 @@
+"""`bigrec forget-user`: remove one user's behaviour from everything a future run or answer reads.
+
+The user's rows leave the preprocessed events (rewritten atomically, with new counts and fingerprint, so the next
+`retrain` sees changed data), the feedback store and the rejected-rows log. A serving process notices the new
+data and reloads, dropping the user's cached state. What was removed is logged in `forget.log.jsonl` under a
+SHA-256 of the user id, never the id itself. Running it again removes nothing and logs that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from bigrec_cli.data import (
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
+    fingerprint_frames,
+    load_events,
+    load_items,
+    write_parquet,
+)
+from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.project import ProjectDir, append_json_line, atomic_write_bytes, atomic_write_json, read_json
+
+FORGET_LOG = "forget.log.jsonl"
+
+
+@dataclass(frozen=True)
+class ForgetSummary:
+    """What forgetting one user removed."""
+
+    user_sha256: str
+    preprocessed_events: int
+    feedback_events: int
+    rejected_rows: int
+
+
+def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
+    """Remove every event of `user_id` from the project's data, feedback store and rejects log."""
+    project.require_data()
+    events = load_events(project)
+    mine = (events["user_id"] == user_id).to_numpy()
+    if mine.any():
+        kept = events[~mine].reset_index(drop=True)
+        write_parquet(kept, project.events_path)
+        meta = read_json(project.data_meta_path)
+        counts = kept["split"].value_counts()
+        meta.update(
+            num_events=len(kept),
+            num_users=int(kept["user_id"].nunique()),
+            num_train=int(counts.get(SPLIT_TRAIN, 0)),
+            num_valid=int(counts.get(SPLIT_VALID, 0)),
+            num_test=int(counts.get(SPLIT_TEST, 0)),
+            fingerprint=fingerprint_frames(kept, load_items(project)),
+        )
+        atomic_write_json(project.data_meta_path, meta)
+    feedback_events = FeedbackStore(project.feedback_db).delete_user(user_id)
+    rejected = forget_rejections(project, user_id)
+    summary = ForgetSummary(
+        user_sha256=hashlib.sha256(user_id.encode("utf-8")).hexdigest(),
+        preprocessed_events=int(mine.sum()),
+        feedback_events=feedback_events,
+        rejected_rows=rejected,
+    )
+    append_json_line(project.root / FORGET_LOG, {"at": time.time(), **asdict(summary)})
+    return summary
+
+
+def forget_rejections(project: ProjectDir, user_id: str) -> int:
+    """Drop rejected rows that name the user from `feedback.rejects.jsonl`; return how many."""
+    try:
+        lines = project.rejects_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    kept = [line for line in lines if not names_user(line, user_id)]
+    if len(kept) != len(lines):
+        atomic_write_bytes(project.rejects_path, "".join(kept).encode("utf-8"))
+    return len(lines) - len(kept)
+
+
+def names_user(line: str, user_id: str) -> bool:
+    """Whether a rejects-log line holds a row of the user (JSON, CSV or raw text)."""
+    try:
+        row = json.loads(line).get("row", "")
+    except (ValueError, AttributeError):
+        return user_id in line
+    try:
+        return json.loads(row).get("user_id") == user_id
+    except (ValueError, AttributeError, TypeError):
+        return user_id in str(row).split(",")

@@ -1,0 +1,187 @@
+"""The item-to-item term the sigmoid head adds to the LSTM's score: what co-occurs with the user's history.
+
+The LSTM reads the order of recent behaviour; co-occurrence over the whole catalog (what is bought together) is
+what a linear item-item model such as EASE captures best. After the LSTM is trained, `train` fits an item-item
+matrix S on the training split only (EASE's closed form while the catalog is small enough to invert, cosine
+ItemKNN beyond), keeps each item's strongest neighbours (sparse, so memory grows with items × neighbours), and
+chooses its weight α and EASE's λ by validation NDCG@10. The logit of item j for a history h is then
+
+    LSTM logit(h, j) + α · Σ_{i in h} S[i, j]
+
+and α = 0 (no term) when it does not help on validation. The LSTM never trains with the term, so S, fitted on
+the very events the LSTM learns from, cannot teach it to trust co-occurrence more than held-out data supports.
+numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sparse
+from sklearn.preprocessing import normalize
+
+from bigrec_cli.baselines import EASE
+from bigrec_cli.errors import ArtifactError
+from bigrec_cli.metrics import ranking_report, ranks_of_targets
+from bigrec_cli.vectors import load_arrays, save_arrays
+
+EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, cosine ItemKNN (sparse) instead
+NEIGHBOURS = 200
+EASE_L2_GRID = (20.0, 50.0, 200.0, 500.0, 2000.0)
+ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0)  # × (std of LSTM logits / std of the term)
+
+
+@dataclass(frozen=True)
+class ItemItem:
+    """A sparse (rows × rows) item-item matrix over the scorer's rows (row 0 padding) and its weight.
+
+    Attributes:
+        matrix: S, CSR; S[i, j] is how much history item i speaks for candidate j.
+        alpha: The weight of the term in the logit (0: off).
+        method: How S was fitted, for the run's record.
+    """
+
+    matrix: sparse.csr_matrix
+    alpha: float
+    method: str
+
+    def scores(self, sequences: np.ndarray) -> np.ndarray:
+        """(users, items) term for items 1…N: α · Σ over each row's distinct items of S[item, ·]."""
+        rows = np.repeat(np.arange(len(sequences)), sequences.shape[1])
+        columns = sequences.ravel()
+        present = columns > 0
+        history = sparse.csr_matrix(
+            (np.ones(int(present.sum()), dtype="float32"), (rows[present], columns[present])),
+            shape=(len(sequences), self.matrix.shape[0]),
+        )
+        history.data[:] = 1.0  # each item once, however often it occurs
+        return self.alpha * np.asarray((history @ self.matrix)[:, 1:].todense(), dtype="float32")
+
+    def grow(self, rows: int) -> "ItemItem":
+        """The same term over more rows (items added after training get no neighbours)."""
+        if rows <= self.matrix.shape[0]:
+            return self
+        matrix = self.matrix.copy()
+        matrix.resize((rows, rows))
+        return ItemItem(matrix.tocsr(), self.alpha, self.method)
+
+    def save(self, path: Path) -> None:
+        matrix = self.matrix.tocsr()
+        save_arrays(
+            path,
+            data=matrix.data.astype("float32"),
+            indices=matrix.indices.astype("int32"),
+            indptr=matrix.indptr.astype("int64"),
+            shape=np.array(matrix.shape, dtype="int64"),
+            alpha=np.array([self.alpha], dtype="float32"),
+            method=np.array(self.method),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "ItemItem":
+        arrays = load_arrays(path)
+        try:
+            matrix = sparse.csr_matrix(
+                (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(int(n) for n in arrays["shape"])
+            )
+            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]))
+        except (KeyError, ValueError, IndexError) as error:
+            raise ArtifactError(f"{path} is damaged: {error}", hint="train again") from None
+
+
+def history_matrix(sequences: dict[str, np.ndarray], num_items: int) -> sparse.csr_matrix:
+    """Binary users × items (columns 0…N-1 for items 1…N) from index sequences."""
+    rows = np.repeat(np.arange(len(sequences)), [len(sequence) for sequence in sequences.values()])
+    columns = np.concatenate(list(sequences.values())) - 1 if sequences else np.zeros(0, dtype="int64")
+    matrix = sparse.csr_matrix(
+        (np.ones(len(rows), dtype="float32"), (rows, columns)), shape=(len(sequences), num_items)
+    )
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def top_neighbours(weights: np.ndarray, neighbours: int) -> sparse.csr_matrix:
+    """Keep each row's `neighbours` largest positive weights, as a sparse matrix with a padding row and column."""
+    num_items = weights.shape[0]
+    keep = min(neighbours, num_items)
+    columns = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(weights, columns, axis=1)
+    rows = np.repeat(np.arange(num_items), keep)
+    positive = values.ravel() > 0
+    return sparse.csr_matrix(
+        (values.ravel()[positive].astype("float32"), (rows[positive] + 1, columns.ravel()[positive] + 1)),
+        shape=(num_items + 1, num_items + 1),
+    )
+
+
+def cosine_neighbours(train: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
+    """Cosine similarity between item columns, each item's `neighbours` most similar kept (sparse throughout)."""
+    columns = normalize(train.T.tocsr().astype("float32"), norm="l2", axis=1)
+    similarity = (columns @ columns.T).tocsr()
+    similarity.setdiag(0.0)
+    similarity.eliminate_zeros()
+    rows, cols, values = [], [], []
+    for row in range(similarity.shape[0]):
+        start, stop = similarity.indptr[row], similarity.indptr[row + 1]
+        data, indices = similarity.data[start:stop], similarity.indices[start:stop]
+        if len(data) > neighbours:
+            keep = np.argpartition(-data, neighbours - 1)[:neighbours]
+            data, indices = data[keep], indices[keep]
+        rows.append(np.full(len(data), row + 1))
+        cols.append(indices + 1)
+        values.append(data)
+    size = train.shape[1] + 1
+    if not rows:
+        return sparse.csr_matrix((size, size), dtype="float32")
+    return sparse.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(size, size), dtype="float32"
+    )
+
+
+def candidates(train: sparse.csr_matrix) -> list[tuple[str, sparse.csr_matrix]]:
+    """The item-item matrices to choose from: EASE for each λ (small catalogs) or cosine ItemKNN."""
+    num_items = train.shape[1]
+    if num_items <= EASE_MAX_ITEMS:
+        return [
+            (f"ease(lambda={l2:g})", top_neighbours(EASE(l2).fit(train).weights_, NEIGHBOURS)) for l2 in EASE_L2_GRID
+        ]
+    return [(f"itemknn(cosine, {NEIGHBOURS} neighbours)", cosine_neighbours(train, NEIGHBOURS))]
+
+
+def fit_item_item(
+    train: sparse.csr_matrix,
+    logits: np.ndarray,
+    sequences: np.ndarray,
+    targets: np.ndarray,
+    excluded: list[np.ndarray],
+) -> tuple[ItemItem, dict]:
+    """Fit S on the training matrix and choose (S, α) by validation NDCG@10 of `logits + α · term`.
+
+    Args:
+        train: Binary users × items of the training split (the only data S sees).
+        logits: (cases, items) LSTM logits of the validation cases.
+        sequences: (cases, max_len) their index sequences.
+        targets: (cases,) item index of each held-out event.
+        excluded: Per case, the columns (item index − 1) excluded from the ranking (the history).
+
+    Returns:
+        The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
+    """
+
+    def ndcg(scores: np.ndarray) -> float:
+        return ranking_report(ranks_of_targets(scores, targets - 1, excluded), (10,))["ndcg@10"]
+
+    best_score, best = ndcg(logits), ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
+    tried = [{"method": "none", "alpha": 0.0, "val_ndcg@10": best_score}]
+    spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
+    for method, matrix in candidates(train):
+        raw = ItemItem(matrix, 1.0, method).scores(sequences)
+        scale = spread / (float(np.std(raw)) or 1.0)
+        for alpha in ALPHA_GRID[1:]:
+            score = ndcg(logits + alpha * scale * raw)
+            tried.append({"method": method, "alpha": alpha * scale, "val_ndcg@10": score})
+            if score > best_score:
+                best_score, best = score, ItemItem(matrix, alpha * scale, method)
+    return best, {"tried": tried, "chosen": {"method": best.method, "alpha": best.alpha, "val_ndcg@10": best_score}}

@@ -1,0 +1,153 @@
+"""What an operator expects: forgetting a user, business rules, explanations, housekeeping, the item-item term."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sparse
+
+from bigrec_cli.project import ProjectDir, read_json_lines
+from tests.conftest import SAMPLE, invoke
+
+
+def answer(project, *args):
+    result = invoke("recommend", "--project-dir", str(project), *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_forget_user_removes_every_trace_and_is_idempotent(trained_copy):
+    invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv"))
+    rejected = trained_copy / "bad.jsonl"
+    rejected.write_text(json.dumps({"user_id": "u0007", "item_id": "nowhere"}) + "\n")
+    assert invoke("ingest-feedback", "--project-dir", str(trained_copy), str(rejected)).exit_code == 2
+    assert not answer(trained_copy, "--user", "u0007")["cold_start"]
+    result = invoke("forget-user", "u0007", "--project-dir", str(trained_copy), "--json")
+    assert result.exit_code == 0, result.stderr
+    removed = json.loads(result.stdout)
+    assert removed["preprocessed_events"] > 0 and removed["feedback_events"] == 5 and removed["rejected_rows"] == 1
+    assert answer(trained_copy, "--user", "u0007")["cold_start"] is True
+    events = pd.read_parquet(trained_copy / "data" / "events.parquet")
+    assert "u0007" not in set(events["user_id"])
+    with sqlite3.connect(trained_copy / "feedback.sqlite3") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM events WHERE user_id = 'u0007'").fetchone()[0] == 0
+    assert "u0007" not in (trained_copy / "feedback.rejects.jsonl").read_text()
+    again = json.loads(invoke("forget-user", "u0007", "--project-dir", str(trained_copy), "--json").stdout)
+    assert (again["preprocessed_events"], again["feedback_events"], again["rejected_rows"]) == (0, 0, 0)
+    log = read_json_lines(trained_copy / "forget.log.jsonl")
+    assert len(log) == 2 and "u0007" not in json.dumps(log)
+
+
+def test_where_filters_candidates_and_keeps_k(trained_project):
+    topics = pd.read_csv(SAMPLE / "items.csv").set_index("item_id")["topic"]
+    jazz = answer(trained_project, "--user", "u0001", "--k", "10", "--where", "topic=jazz")
+    assert len(jazz["items"]) == 10 and {topics[item["item_id"]] for item in jazz["items"]} == {"jazz"}
+    both = answer(trained_project, "--user", "u0001", "--where", "topic!=jazz", "--where", "topic!=space")
+    assert not {topics[item["item_id"]] for item in both["items"]} & {"jazz", "space"}
+    cold = answer(trained_project, "--user", "nobody", "--where", "topic=jazz")
+    assert cold["cold_start"] and {topics[item["item_id"]] for item in cold["items"]} == {"jazz"}
+    first = answer(trained_project, "--user", "u0001")["items"][0]["item_id"]
+    assert first not in {
+        item["item_id"] for item in answer(trained_project, "--user", "u0001", "--exclude", first)["items"]
+    }
+    bad = invoke("recommend", "--project-dir", str(trained_project), "--user", "u0001", "--where", "colour=red")
+    assert bad.exit_code == 1 and "no attribute 'colour'" in bad.stderr and "topic" in bad.stderr
+
+
+def test_explain_names_history_items_by_occlusion(trained_project):
+    from bigrec_cli.recommend import Recommender
+
+    recommender = Recommender(ProjectDir(trained_project))
+    explained = recommender.recommend("u0001", k=3, explain=True)
+    history = recommender.histories(["u0001"])[0]
+    sequences = recommender.scorer.encode_sequences([history], recommender.max_len)
+    full = recommender.scorer.logits(sequences)[0]
+    for item in explained["items"]:
+        assert item["because"], "a recommended item owes its score to some history item"
+        reason = item["because"][0]
+        without = recommender.scorer.logits(
+            recommender.scorer.encode_sequences([[h for h in history if h != reason["item_id"]]], recommender.max_len)
+        )[0]
+        column = recommender.scorer.index_of[item["item_id"]] - 1
+        assert reason["contribution"] == pytest.approx(full[column] - without[column], rel=1e-4, abs=1e-5)
+    table = invoke("recommend", "--project-dir", str(trained_project), "--user", "u0001", "--k", "3", "--explain")
+    assert table.exit_code == 0 and "because of" in table.stdout
+
+
+def test_runs_prune_keeps_current_and_the_rollback_target(trained_copy):
+    project = ProjectDir(trained_copy)
+    for seed in (2, 3, 4):
+        assert invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--seed", str(seed)).exit_code == 0
+    runs = [
+        row["run_id"] for row in json.loads(invoke("runs", "list", "--project-dir", str(trained_copy), "--json").stdout)
+    ]
+    assert invoke("runs", "promote", runs[0], "--project-dir", str(trained_copy)).exit_code == 0
+    result = json.loads(invoke("runs", "prune", "--keep", "1", "--project-dir", str(trained_copy), "--json").stdout)
+    left = {
+        row["run_id"] for row in json.loads(invoke("runs", "list", "--project-dir", str(trained_copy), "--json").stdout)
+    }
+    assert project.current_run_id() == runs[0] and runs[0] in left
+    assert runs[3] in left, "the run a rollback returns to stays"
+    assert set(result["removed"]) == {runs[1], runs[2]}
+
+
+def test_retrain_with_nothing_new_does_nothing_unless_forced(trained_copy):
+    result = invoke("retrain", "--project-dir", str(trained_copy), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["decision"] == "nothing-new" and "nothing new" in result.stderr
+    forced = invoke("retrain", "--project-dir", str(trained_copy), "--force", "--epochs", "1", "--tolerance", "1")
+    assert forced.exit_code == 0, forced.stderr
+
+
+def test_item_item_term_by_hand():
+    from bigrec_cli.itemitem import ItemItem
+
+    matrix = sparse.csr_matrix(np.array([[0, 0, 0, 0], [0, 0, 2, 1], [0, 1, 0, 0], [0, 0, 3, 0]], dtype="float32"))
+    term = ItemItem(matrix, alpha=0.5, method="test")
+    sequences = np.array([[0, 1, 3], [0, 0, 2], [1, 1, 0]])  # a repeated item counts once
+    expected = 0.5 * np.array([[0, 5, 1], [1, 0, 0], [0, 2, 1]], dtype="float32")
+    np.testing.assert_allclose(term.scores(sequences), expected)
+    grown = term.grow(6)
+    assert grown.matrix.shape == (6, 6) and grown.scores(np.array([[0, 5, 1]])).tolist() == [[0, 1, 0.5, 0, 0]]
+
+
+def test_item_item_is_chosen_on_validation_and_saved(tmp_path):
+    from bigrec_cli.itemitem import ItemItem, fit_item_item
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((200, 30)) < 0.2).astype("float32")
+    dense[:, 1] = dense[:, 0]  # items 1 and 2 always go together
+    train = sparse.csr_matrix(dense)
+    sequences = np.zeros((50, 4), dtype="int64")
+    sequences[:, -1] = 1
+    targets = np.full(50, 2)
+    noise = rng.normal(size=(50, 30)).astype("float32")  # an LSTM that knows nothing
+    term, record = fit_item_item(train, noise, sequences, targets, [np.array([0])] * 50)
+    assert term.alpha > 0 and record["chosen"]["val_ndcg@10"] == pytest.approx(1.0)
+    term.save(tmp_path / "item_item.npz")
+    loaded = ItemItem.load(tmp_path / "item_item.npz")
+    np.testing.assert_allclose(loaded.scores(sequences), term.scores(sequences))
+
+
+def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
+    from bigrec_cli.artifacts import load_run, run_scorer
+    from bigrec_cli.backend import tf
+
+    result = invoke("export", str(tmp_path / "model"), "--format", "savedmodel", "--project-dir", str(trained_project))
+    assert result.exit_code == 0, result.stderr
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    run = load_run(ProjectDir(trained_project).current_run_dir())
+    scorer = run_scorer(run)
+    rng = np.random.default_rng(0)
+    sequences = np.zeros((6, run.config.max_len), dtype="int64")
+    for row in range(6):
+        length = int(rng.integers(1, 30))
+        sequences[row, -length:] = rng.integers(1, scorer.num_items + 1, size=length)
+    sequences[0, -5] = 0  # padding inside a sequence
+    exported = loaded.signatures["logits"](sequences=tf.constant(sequences))
+    np.testing.assert_allclose(next(iter(exported.values())).numpy(), scorer.logits(sequences), atol=1e-5, rtol=0)
+    top = loaded.signatures["serving_default"](sequences=tf.constant(sequences), k=tf.constant(5))
+    assert top["item_ids"].shape == (6, 5)
+    assert not set(top["item_indices"].numpy()[1]) & set(sequences[1][sequences[1] > 0])
