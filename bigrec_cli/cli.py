@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -82,6 +82,51 @@ class Loss(str, Enum):
     gbce = "gbce"
 
 
+def source_name(ctx: typer.Context, name: str) -> str:
+    """Where Click took an option's value from: COMMANDLINE, ENVIRONMENT, DEFAULT_MAP or DEFAULT."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else "DEFAULT"
+
+
+def configured(ctx: typer.Context, section: str, project_dir: Path) -> dict[str, Any]:
+    """The command's option values: flags and environment first, then `bigrec.toml`'s [section], then defaults."""
+    from bigrec_cli.config import PROJECT_CONFIG, read_project_config
+
+    table = read_project_config(project_dir).get(section, {})
+    params = {param.name: param for param in ctx.command.params if param.name not in ("project_dir", "as_json")}
+    values = dict(ctx.params)
+    for name, raw in table.items():
+        if name not in params:
+            raise BigrecError(
+                f"{project_dir / PROJECT_CONFIG}: [{section}] has no option {name!r}",
+                hint=f"options: {', '.join(sorted(params))}",
+            )
+        if source_name(ctx, name) in ("DEFAULT", "DEFAULT_MAP"):
+            try:
+                values[name] = params[name].process_value(ctx, raw)
+            except typer.BadParameter as error:
+                raise BigrecError(
+                    f"{project_dir / PROJECT_CONFIG}: [{section}] {name} = {raw!r}: {error.message}",
+                    hint="fix the value in the file, or pass the option",
+                ) from None
+    return values
+
+
+def option_sources(ctx: typer.Context, section: str, project_dir: Path) -> dict[str, str]:
+    """Where each option's value comes from: flag, environment, bigrec.toml or default."""
+    from bigrec_cli.config import read_project_config
+
+    table = read_project_config(project_dir).get(section, {})
+    names = {"COMMANDLINE": "flag", "ENVIRONMENT": "environment"}
+    sources = {}
+    for param in ctx.command.params:
+        if param.name in ("project_dir", "as_json") or param.name is None:
+            continue
+        source = names.get(source_name(ctx, param.name), "default")
+        sources[param.name] = "bigrec.toml" if source == "default" and param.name in table else source
+    return sources
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a BigrecError into one line on stderr and exit status 1; bugs keep their traceback."""
@@ -139,6 +184,7 @@ def preprocess(
 
 @app.command()
 def extract(
+    ctx: typer.Context,
     project_dir: ProjectOption,
     bert_dir: Annotated[
         Optional[Path], typer.Option(help="Folder with bert_config.json, bert_model.ckpt*, vocab.txt.")
@@ -170,6 +216,13 @@ def extract(
     from bigrec_cli.checkpoints import resolve_checkpoint
 
     with user_errors():
+        options = configured(ctx, "extract", project_dir)
+        bert_dir, config_path, checkpoint_path, dict_path, bert, pooling, max_length, batch_size = (
+            options[name]
+            for name in (
+                "bert_dir", "config_path", "checkpoint_path", "dict_path", "bert", "pooling", "max_length", "batch_size"
+            )
+        )  # fmt: skip
         project = ProjectDir(project_dir)
         project.require_data()
         checkpoint = resolve_checkpoint(
@@ -243,6 +296,7 @@ def import_bert(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     project_dir: ProjectOption,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = TrainConfig.batch_size,
@@ -287,9 +341,10 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""
-    options = {name: value for name, value in locals().items() if name not in ("project_dir", "as_json")}
     with user_errors():
-        config = TrainConfig(**{**options, "loss": loss.value})
+        options = {name: value for name, value in configured(ctx, "train", project_dir).items()
+                   if name not in ("project_dir", "as_json")}  # fmt: skip
+        config = TrainConfig(**{**options, "loss": Loss(options["loss"]).value})
         project = ProjectDir(project_dir)
         project.require_features()
         from bigrec_cli import train
@@ -442,6 +497,7 @@ def ingest_feedback(
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     project_dir: ProjectOption,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
@@ -466,6 +522,11 @@ def serve(
     from bigrec_cli import serve
 
     with user_errors():
+        options = configured(ctx, "serve", project_dir)
+        host, port, token, workers, warm_users, allowed_host, allowed_origin = (
+            options[name]
+            for name in ("host", "port", "token", "workers", "warm_users", "allowed_host", "allowed_origin")
+        )
         project = ProjectDir(project_dir)
         if token is not None and not token.strip():
             raise BigrecError(
@@ -489,6 +550,7 @@ def serve(
 
 @app.command()
 def retrain(
+    ctx: typer.Context,
     project_dir: ProjectOption,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum epochs (default: the current run's).")] = None,
     tolerance: Annotated[
@@ -511,6 +573,10 @@ def retrain(
     from bigrec_cli import retrain
 
     with user_errors():
+        options = configured(ctx, "retrain", project_dir)
+        epochs, tolerance, seed, learning_rate, force = (
+            options[name] for name in ("epochs", "tolerance", "seed", "learning_rate", "force")
+        )
         with epoch_progress(enabled=not as_json) as on_step:
             result = retrain.retrain(
                 ProjectDir(project_dir),
@@ -592,6 +658,37 @@ def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
                 f"(val ndcg@10 {last.get('candidate_val_ndcg@10', float('nan')):.4f})"
             )
         key_values("status", rows)
+
+
+config_app = typer.Typer(help="The project's bigrec.toml: options of extract, train, retrain and serve.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
+    """Every option of extract, train, retrain and serve as they would run now, and where each value comes from."""
+    from bigrec_cli.config import CONFIG_SECTIONS
+
+    group = typer.main.get_command(app)
+    rows = []
+    with user_errors():
+        for section in CONFIG_SECTIONS:
+            command = group.commands[section]
+            context = command.make_context(section, ["--project-dir", str(project_dir)], resilient_parsing=True)
+            values = configured(context, section, project_dir)
+            for name, source in option_sources(context, section, project_dir).items():
+                value = values.get(name)
+                value = getattr(value, "value", value)
+                if name == "token" and value:
+                    value = "(set)"
+                rows.append({"command": section, "option": name, "value": value, "source": source})
+    if as_json:
+        print_json(rows)
+    else:
+        from bigrec_cli.console import rows_table
+
+        rows_table(f"options for {project_dir}", rows, ["command", "option", "value", "source"])
 
 
 runs_app = typer.Typer(help="Inspect and switch training runs.", no_args_is_help=True)

@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from bigrec_cli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PROJECT_CONFIG = "bigrec.toml"
+CONFIG_SECTIONS = ("extract", "train", "retrain", "serve")
+
+
+def read_project_config(root: Path) -> dict[str, dict[str, Any]]:
+    """Read `bigrec.toml` in the project directory: one table per command (extract, train, retrain, serve).
+
+    Returns an empty dict when the file does not exist. Keys may use dashes or underscores.
+    """
+    path = root / PROJECT_CONFIG
+    try:
+        with open(path, "rb") as stream:
+            values = tomllib.load(stream)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}", hint="fix the file, e.g. [train] epochs = 20") from None
+    unknown = [name for name in values if name not in CONFIG_SECTIONS or not isinstance(values[name], dict)]
+    if unknown:
+        raise ConfigError(f"{path}: unknown table [{unknown[0]}]", hint=f"tables: {', '.join(CONFIG_SECTIONS)}")
+    return {
+        section: {key.replace("-", "_"): value for key, value in table.items()} for section, table in values.items()
+    }
+
 
 LOSSES = ("bce", "gbce")
 NEGATIVE_SAMPLINGS = ("uniform", "popularity")

@@ -151,3 +151,26 @@ def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
     top = loaded.signatures["serving_default"](sequences=tf.constant(sequences), k=tf.constant(5))
     assert top["item_ids"].shape == (6, 5)
     assert not set(top["item_indices"].numpy()[1]) & set(sequences[1][sequences[1] > 0])
+
+
+def test_bigrec_toml_sets_options_and_flags_override_it(trained_copy):
+    (trained_copy / "bigrec.toml").write_text("[train]\nepochs = 1\nmax-len = 20\n\n[serve]\nport = 9001\n")
+    shown = json.loads(invoke("config", "show", "--project-dir", str(trained_copy), "--json").stdout)
+    by_option = {(row["command"], row["option"]): row for row in shown}
+    assert by_option[("train", "max_len")] == {
+        "command": "train",
+        "option": "max_len",
+        "value": 20,
+        "source": "bigrec.toml",
+    }
+    assert by_option[("train", "dim")]["source"] == "default" and by_option[("serve", "port")]["value"] == 9001
+    first = json.loads(invoke("train", "--project-dir", str(trained_copy), "--json").stdout)
+    second = json.loads(invoke("train", "--project-dir", str(trained_copy), "--max-len", "30", "--json").stdout)
+    configs = [
+        json.loads((trained_copy / "runs" / run["run_id"] / "config.json").read_text()) for run in (first, second)
+    ]
+    assert (configs[0]["epochs"], configs[0]["max_len"]) == (1, 20)
+    assert (configs[1]["epochs"], configs[1]["max_len"]) == (1, 30)
+    (trained_copy / "bigrec.toml").write_text("[train]\nepoch = 3\n")
+    wrong = invoke("train", "--project-dir", str(trained_copy))
+    assert wrong.exit_code == 1 and "has no option 'epoch'" in wrong.stderr and "epochs" in wrong.stderr
