@@ -8,12 +8,13 @@ from sklearn.preprocessing import normalize
 
 
 def interaction_matrix(
-    user_rows: np.ndarray, item_columns: np.ndarray, num_users: int, num_items: int
+    user_rows: np.ndarray, item_columns: np.ndarray, num_users: int, num_items: int, binary: bool = True
 ) -> sparse.csr_matrix:
-    """Return a binary users × items CSR matrix."""
+    """Return a users × items CSR matrix: 1 where the user interacted (or, with `binary=False`, how often)."""
     values = np.ones(len(user_rows), dtype="float32")
     matrix = sparse.csr_matrix((values, (user_rows, item_columns)), shape=(num_users, num_items))
-    matrix.data[:] = 1.0
+    if binary:
+        matrix.data[:] = 1.0
     return matrix
 
 
@@ -73,6 +74,23 @@ class EASE:
 
     def score(self, matrix: sparse.csr_matrix) -> np.ndarray:
         return np.asarray(matrix @ self.weights_)
+
+
+class PersonalFrequency:
+    """The user's own most frequent items first, ties broken by popularity (for repeat-aware recommendation).
+
+    `score` takes a users × items matrix of counts (how often each user had each item).
+    """
+
+    uses_counts = True
+
+    def fit(self, matrix: sparse.csr_matrix) -> "PersonalFrequency":
+        counts = np.asarray((matrix > 0).sum(axis=0)).ravel().astype("float64")
+        self.popularity_ = counts / (counts.max() + 1.0) if len(counts) else counts
+        return self
+
+    def score(self, matrix: sparse.csr_matrix) -> np.ndarray:
+        return np.asarray(matrix.todense(), dtype="float64") + self.popularity_
 
 
 def make_baselines(ease_l2: float = 100.0, knn_neighbours: int = 100) -> dict[str, object]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from bigrec_cli.config import TrainConfig
+from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS, TrainConfig
 from bigrec_cli.console import error, info, key_values, print_json
 from bigrec_cli.errors import EXIT_ROWS_REJECTED, EXIT_RUN_REJECTED, BigrecError
 from bigrec_cli.project import ProjectDir
@@ -152,16 +152,27 @@ def preprocess(
     text_columns: Annotated[Optional[str], typer.Option(help="Comma-separated item columns forming the text.")] = None,
     title_column: Annotated[Optional[str], typer.Option(help="Item column shown as the title.")] = None,
     drop_unknown_items: Annotated[bool, typer.Option(help="Drop events for items missing from the catalog.")] = False,
+    dedupe: Annotated[
+        str, typer.Option(help="exact: drop only identical events (repeats kept); latest: one event per user and item.")
+    ] = "exact",
+    repeats: Annotated[
+        str, typer.Option(help="exclude: never recommend what a user had (films); allow: history items may return.")
+    ] = "exclude",
+    negative_events: Annotated[
+        str, typer.Option(help="Comma-separated event types that are negative behaviour (never a target).")
+    ] = ",".join(DEFAULT_NEGATIVE_EVENTS),
     as_json: JsonOption = False,
 ) -> None:
     """Validate events and items, order them by time, split per user (last = test) and write Parquet."""
     from bigrec_cli import data
 
     with user_errors():
+        negative = tuple(name.strip() for name in negative_events.split(",") if name.strip())
+        policy = data.EventPolicy(dedupe=dedupe, repeats=repeats, negative_events=negative)
         if input_format is InputFormat.movielens_100k:
             if source is None:
                 raise BigrecError("--format movielens-100k needs --source DIR", hint="pass the unzipped ml-100k folder")
-            summary = data.preprocess(ProjectDir(project_dir), movielens_source=source)
+            summary = data.preprocess(ProjectDir(project_dir), movielens_source=source, policy=policy)
         else:
             if events is None or items is None:
                 raise BigrecError(
@@ -175,6 +186,7 @@ def preprocess(
                 text_columns=columns,
                 title_column=title_column,
                 drop_unknown_items=drop_unknown_items,
+                policy=policy,
             )
     if as_json:
         print_json(summary.__dict__)
@@ -220,9 +232,16 @@ def extract(
         bert_dir, config_path, checkpoint_path, dict_path, bert, pooling, max_length, batch_size = (
             options[name]
             for name in (
-                "bert_dir", "config_path", "checkpoint_path", "dict_path", "bert", "pooling", "max_length", "batch_size"
+                "bert_dir",
+                "config_path",
+                "checkpoint_path",
+                "dict_path",
+                "bert",
+                "pooling",
+                "max_length",
+                "batch_size",
             )
-        )  # fmt: skip
+        )
         project = ProjectDir(project_dir)
         project.require_data()
         checkpoint = resolve_checkpoint(
@@ -342,8 +361,11 @@ def train(
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""
     with user_errors():
-        options = {name: value for name, value in configured(ctx, "train", project_dir).items()
-                   if name not in ("project_dir", "as_json")}  # fmt: skip
+        options = {
+            name: value
+            for name, value in configured(ctx, "train", project_dir).items()
+            if name not in ("project_dir", "as_json")
+        }
         config = TrainConfig(**{**options, "loss": Loss(options["loss"]).value})
         project = ProjectDir(project_dir)
         project.require_features()
@@ -415,7 +437,14 @@ def recommend(
         Optional[Path], typer.Option(help="File of user ids (CSV with user_id, or one per line; - = stdin).")
     ] = None,
     k: Annotated[int, typer.Option(min=1, max=1000, help="How many items.")] = 10,
-    include_seen: Annotated[bool, typer.Option(help="Allow items the user already interacted with.")] = False,
+    include_seen: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--include-seen/--exclude-seen",
+            help="Allow (or not) items the user already had; default: the project's --repeats.",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the CSV here instead of printing.")] = None,
     where: Annotated[
         Optional[list[str]],
@@ -439,7 +468,7 @@ def recommend(
         answers = recommender.recommend_many(
             user_ids,
             k=k,
-            exclude_seen=not include_seen,
+            exclude_seen=None if include_seen is None else not include_seen,
             where=tuple(where or ()),
             exclude=tuple(exclude or ()),
             explain=explain,
@@ -660,8 +689,9 @@ def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
         key_values("status", rows)
 
 
-config_app = typer.Typer(help="The project's bigrec.toml: options of extract, train, retrain and serve.",
-                         no_args_is_help=True)  # fmt: skip
+config_app = typer.Typer(
+    help="The project's bigrec.toml: options of extract, train, retrain and serve.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 

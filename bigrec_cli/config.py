@@ -15,6 +15,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PROJECT_CONFIG = "bigrec.toml"
+DEFAULT_NEGATIVE_EVENTS = ("cancel", "return", "dislike")  # event types that are negative behaviour by default
 CONFIG_SECTIONS = ("extract", "train", "retrain", "serve")
 
 

@@ -14,11 +14,15 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS
 from bigrec_cli.errors import DataError
 from bigrec_cli.events import MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, validate_events
-from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json
+from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json, read_json
 
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
+SPLIT_NEGATIVE = "negative"  # negative behaviour (a cancellation, a dislike): never a training or held-out target
+DEDUPE_MODES = ("exact", "latest")
+REPEAT_MODES = ("exclude", "allow")
 RESERVED_ITEM_COLUMNS = ("item_id", "title", "text", "item_index")
 MOVIELENS_GENRES = (
     "unknown",
@@ -258,17 +262,71 @@ class PreprocessSummary:
     fingerprint: str
 
 
-def split_by_time(events: pd.DataFrame) -> np.ndarray:
+@dataclass(frozen=True)
+class EventPolicy:
+    """How a project treats behaviour, chosen at `preprocess` and stored in `data.json`.
+
+    Attributes:
+        dedupe: `exact` drops only exact duplicates (same user, item, time and event type); `latest` keeps one
+            event per (user, item), its latest (films watched once).
+        repeats: `exclude` never recommends what the user already had (films); `allow` lets history items back in
+            (groceries, consumables), in `recommend`, `serve`, `evaluate` and the retrain gate alike.
+        negative_events: Event types that are negative behaviour: never a target, and their items are not
+            recommended right back.
+    """
+
+    dedupe: str = "exact"
+    repeats: str = "exclude"
+    negative_events: tuple[str, ...] = DEFAULT_NEGATIVE_EVENTS
+
+    def __post_init__(self) -> None:
+        if self.dedupe not in DEDUPE_MODES:
+            raise DataError(f"unknown --dedupe {self.dedupe!r}", hint=f"use one of {', '.join(DEDUPE_MODES)}")
+        if self.repeats not in REPEAT_MODES:
+            raise DataError(f"unknown --repeats {self.repeats!r}", hint=f"use one of {', '.join(REPEAT_MODES)}")
+        object.__setattr__(self, "negative_events", tuple(self.negative_events))
+
+    @property
+    def exclude_history(self) -> bool:
+        return self.repeats == "exclude"
+
+    def to_dict(self) -> dict:
+        return {"dedupe": self.dedupe, "repeats": self.repeats, "negative_events": list(self.negative_events)}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "EventPolicy":
+        """The policy a `data.json` records (projects written before it existed get the defaults of that time)."""
+        return cls(
+            dedupe=meta.get("dedupe", "latest"),
+            repeats=meta.get("repeats", "exclude"),
+            negative_events=tuple(meta.get("negative_events", ())),
+        )
+
+
+def event_policy(project: ProjectDir) -> EventPolicy:
+    """The project's event policy, from `data.json`."""
+    project.require_data()
+    return EventPolicy.from_meta(read_json(project.data_meta_path))
+
+
+def split_by_time(events: pd.DataFrame, negative_events: tuple[str, ...] = ()) -> np.ndarray:
     """Label each event train/valid/test: per user by time, last = test, second-to-last = valid.
 
-    Users with fewer than three events keep all of theirs in train. `events` must be sorted by user, then time.
+    Only positive events are split; negative ones (`negative_events` types) are labelled `negative`. Users with
+    fewer than three positive events keep all of theirs in train. `events` must be sorted by user, then time.
     """
-    position_from_end = events.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
-    user_sizes = events.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
-    split = np.full(len(events), SPLIT_TRAIN, dtype=object)
+    negative = (
+        events["event"].isin(negative_events).to_numpy() if "event" in events.columns else np.zeros(len(events), bool)
+    )
+    split = np.full(len(events), SPLIT_NEGATIVE, dtype=object)
+    positive = events[~negative]
+    position_from_end = positive.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+    user_sizes = positive.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    labels = np.full(len(positive), SPLIT_TRAIN, dtype=object)
     eligible = user_sizes >= 3
-    split[eligible & (position_from_end == 0)] = SPLIT_TEST
-    split[eligible & (position_from_end == 1)] = SPLIT_VALID
+    labels[eligible & (position_from_end == 0)] = SPLIT_TEST
+    labels[eligible & (position_from_end == 1)] = SPLIT_VALID
+    split[~negative] = labels
     return split
 
 
@@ -282,15 +340,24 @@ def tie_breaker(events: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(events[columns], index=False).to_numpy()
 
 
-def order_and_deduplicate(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Sort events by user and time (ties by `tie_breaker`) and keep one row per (user, item): the latest.
+def order_and_deduplicate(events: pd.DataFrame, dedupe: str = "exact") -> tuple[pd.DataFrame, int]:
+    """Sort events by user and time (ties by `tie_breaker`) and drop duplicates.
+
+    Args:
+        events: Events with user_id, item_id, timestamp (and event).
+        dedupe: `exact` drops rows equal in user, item, time and event type (every real event is kept, repeat
+            purchases included); `latest` keeps one row per (user, item), its latest.
 
     Returns:
         The cleaned frame and how many rows were dropped as duplicates.
     """
     events = events.assign(_tie=tie_breaker(events))
     events = events.sort_values(["user_id", "timestamp", "_tie"], kind="stable")
-    kept = events.drop_duplicates(["user_id", "item_id"], keep="last")
+    if dedupe == "latest":
+        kept = events.drop_duplicates(["user_id", "item_id"], keep="last")
+    else:
+        key = [column for column in ("user_id", "item_id", "timestamp", "event") if column in events.columns]
+        kept = events.drop_duplicates(key, keep="last")
     return kept.drop(columns="_tie").reset_index(drop=True), len(events) - len(kept)
 
 
@@ -319,6 +386,7 @@ def preprocess(
     text_columns: list[str] | None = None,
     title_column: str | None = None,
     drop_unknown_items: bool = False,
+    policy: EventPolicy | None = None,
 ) -> PreprocessSummary:
     """Validate raw events and items, split them by time and write them under the project directory.
 
@@ -330,6 +398,7 @@ def preprocess(
         text_columns: Item columns joined to form the text BERT reads.
         title_column: Item column shown as the title.
         drop_unknown_items: Drop events whose item has no catalog entry instead of failing.
+        policy: Duplicates, repeats and negative event types (stored in `data.json` for every later step).
 
     Returns:
         Counts of what was written.
@@ -363,8 +432,9 @@ def preprocess(
         num_dropped = int((~known).sum())
         if events.empty:
             raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
-    events, num_duplicates = order_and_deduplicate(events)
-    events["split"] = split_by_time(events)
+    policy = policy or EventPolicy()
+    events, num_duplicates = order_and_deduplicate(events, policy.dedupe)
+    events["split"] = split_by_time(events, policy.negative_events)
     item_index = {item_id: index + 1 for index, item_id in enumerate(items["item_id"])}
     items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
     events["item_index"] = events["item_id"].map(item_index).astype("int64")
@@ -391,7 +461,8 @@ def preprocess(
             "items_source": str(items_path),
             "text_columns": used_text_columns,
             "title_column": used_title,
-            "split": "per user by time: last event = test, second-to-last = valid, rest = train",
+            "split": "per user by time: last positive event = test, second-to-last = valid, rest = train",
+            **policy.to_dict(),
         },
     )
     return summary
@@ -403,19 +474,20 @@ def load_events(project: ProjectDir) -> pd.DataFrame:
     return pd.read_parquet(project.events_path)
 
 
-def fold_feedback(events: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+def fold_feedback(events: pd.DataFrame, feedback: pd.DataFrame, policy: EventPolicy) -> pd.DataFrame:
     """Return preprocessed events plus feedback events, deduplicated, ordered and split again by time.
 
     Args:
         events: The preprocessed events (`user_id, item_id, timestamp, event, weight`, …).
         feedback: Feedback events from the store (`user_id, item_id, timestamp, event, weight`).
+        policy: The project's event policy (duplicates, negative types).
     """
     columns = ["user_id", "item_id", "timestamp", "event", "weight"]
     if feedback.empty:
         return events
     merged = pd.concat([events[columns], feedback[columns]], ignore_index=True)
-    merged, _ = order_and_deduplicate(merged)
-    merged["split"] = split_by_time(merged)
+    merged, _ = order_and_deduplicate(merged, policy.dedupe)
+    merged["split"] = split_by_time(merged, policy.negative_events)
     return merged
 
 

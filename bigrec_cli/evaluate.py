@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from bigrec_cli.artifacts import load_run, run_scorer
-from bigrec_cli.baselines import EASE, ItemKNN, interaction_matrix, make_baselines
-from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, load_events
+from bigrec_cli.baselines import EASE, ItemKNN, PersonalFrequency, interaction_matrix, make_baselines
+from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
 from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json
@@ -52,14 +52,15 @@ def baseline_ranks(
     num_items: int,
     models: dict[str, object],
     history_splits: tuple[str, ...] = (SPLIT_TRAIN, SPLIT_VALID),
+    exclude_history: bool = True,
 ) -> dict[str, np.ndarray]:
     """Fit each baseline on the events of `history_splits` and return its rank of every case's target."""
     history = events[events["split"].isin(history_splits)]
     users = sorted(set(history["user_id"]) | set(cases.user_ids))
     row_of = {user: row for row, user in enumerate(users)}
-    matrix = interaction_matrix(
-        history["user_id"].map(row_of).to_numpy(), history["index"].to_numpy() - 1, len(users), num_items
-    )
+    user_rows, item_columns = history["user_id"].map(row_of).to_numpy(), history["index"].to_numpy() - 1
+    matrix = interaction_matrix(user_rows, item_columns, len(users), num_items)
+    counts = interaction_matrix(user_rows, item_columns, len(users), num_items, binary=False)
     case_rows = np.array([row_of[user] for user in cases.user_ids])
     reports = {}
     for name, baseline in models.items():
@@ -67,21 +68,27 @@ def baseline_ranks(
         ranks = []
         for start in range(0, len(case_rows), 1024):
             rows = case_rows[start : start + 1024]
-            scores = baseline.score(matrix[rows])
-            excluded = [history_items - 1 for history_items in cases.histories[start : start + 1024]]
+            scores = baseline.score((counts if getattr(baseline, "uses_counts", False) else matrix)[rows])
+            excluded = (
+                [history_items - 1 for history_items in cases.histories[start : start + 1024]]
+                if exclude_history
+                else None
+            )
             ranks.append(ranks_of_targets(scores, cases.targets[start : start + 1024] - 1, excluded))
         reports[name] = np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
     return reports
 
 
-def choose_baselines(events, num_items: int) -> dict[str, float]:
+def choose_baselines(events, num_items: int, exclude_history: bool = True) -> dict[str, float]:
     """EASE's λ and ItemKNN's neighbours with the best validation NDCG@10 (fit on train, never on test)."""
     cases = holdout_cases(events, SPLIT_VALID)
     if not cases.user_ids:
         return {"ease_l2": 100.0, "knn_neighbours": 100}
     candidates = {f"ease:{l2}": EASE(l2) for l2 in EASE_L2_GRID}
     candidates |= {f"knn:{k}": ItemKNN(k) for k in KNN_NEIGHBOURS_GRID if k < num_items}
-    ranks = baseline_ranks(events, cases, num_items, candidates, history_splits=(SPLIT_TRAIN,))
+    ranks = baseline_ranks(
+        events, cases, num_items, candidates, history_splits=(SPLIT_TRAIN,), exclude_history=exclude_history
+    )
     scores = {name: ranking_report(values, (10,))["ndcg@10"] for name, values in ranks.items()}
     best_ease = max(EASE_L2_GRID, key=lambda l2: scores[f"ease:{l2}"])
     best_knn = max(
@@ -125,24 +132,33 @@ def evaluate(
     scorer = run_scorer(run)
     max_len = run.config.max_len
     events = indexed_events(load_events(project), run.item_ids)
+    policy = event_policy(project)
+    exclude = policy.exclude_history
     cases = holdout_cases(events, SPLIT_TEST)
     if not cases.user_ids:
         raise DataError("the test split is empty", hint="users need at least 3 events to be held out")
     report: dict = {"run_id": run.run_id, "num_users": len(cases.user_ids), "num_items": scorer.num_items}
-    ranks = {"bigrec": scorer_ranks(scorer, cases, max_len)}
+    ranks = {"bigrec": scorer_ranks(scorer, cases, max_len, exclude_history=exclude)}
     report.update(ranking_report(ranks["bigrec"], cutoffs))
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
     report["protocol"] = {
-        "split": PROTOCOL,
+        "split": PROTOCOL if exclude else PROTOCOL.replace("with the user's history excluded", "history items allowed"),
+        "repeats": policy.repeats,
+        "dedupe": policy.dedupe,
+        "negative_events": list(policy.negative_events),
         "cutoffs": list(cutoffs),
         "auc_log_loss": f"each test positive vs {num_negatives} sampled unseen items (seed {seed})",
     }
     if baselines:
-        chosen = choose_baselines(events, scorer.num_items) if ease_l2 is None or knn_neighbours is None else {}
+        chosen = (
+            choose_baselines(events, scorer.num_items, exclude) if ease_l2 is None or knn_neighbours is None else {}
+        )
         ease_l2 = ease_l2 if ease_l2 is not None else chosen["ease_l2"]
         knn_neighbours = knn_neighbours if knn_neighbours is not None else chosen["knn_neighbours"]
         models = make_baselines(ease_l2=ease_l2, knn_neighbours=knn_neighbours)
-        ranks.update(baseline_ranks(events, cases, scorer.num_items, models))
+        if not exclude:
+            models["personal_frequency"] = PersonalFrequency()
+        ranks.update(baseline_ranks(events, cases, scorer.num_items, models, exclude_history=exclude))
         report["baselines"] = {
             name: ranking_report(values, cutoffs) for name, values in ranks.items() if name != "bigrec"
         }

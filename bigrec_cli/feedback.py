@@ -459,10 +459,10 @@ class FeedbackStore:
         """Raise ArtifactError when the store exists but cannot be read (damaged, unreadable)."""
         self._read("SELECT COUNT(*) FROM sqlite_master")
 
-    def user_events(self, user_id: str) -> list[tuple[str, float]]:
-        """Return (item_id, timestamp) of one user's feedback events, oldest first."""
+    def user_events(self, user_id: str) -> list[tuple[str, float, str]]:
+        """Return (item_id, timestamp, event) of one user's feedback events, oldest first."""
         return self._read(
-            "SELECT item_id, timestamp FROM events WHERE user_id = ? ORDER BY timestamp, rowid", (user_id,)
+            "SELECT item_id, timestamp, event FROM events WHERE user_id = ? ORDER BY timestamp, rowid", (user_id,)
         )
 
     def events_frame(self, up_to_rowid: int | None = None) -> pd.DataFrame:

@@ -85,22 +85,29 @@ def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
     return rows
 
 
-def scorer_ranks(scorer: Scorer, cases: HoldoutCases, max_len: int, batch_size: int = 512) -> np.ndarray:
-    """Rank each case's target among all items with the scorer, excluding the user's history."""
+def scorer_ranks(
+    scorer: Scorer, cases: HoldoutCases, max_len: int, batch_size: int = 512, exclude_history: bool = True
+) -> np.ndarray:
+    """Rank each case's target among all items with the scorer, excluding the user's history unless repeats are
+    allowed (`exclude_history=False`)."""
     ranks = []
     for start in range(0, len(cases.user_ids), batch_size):
         stop = start + batch_size
         logits = scorer.logits(left_pad(cases.histories[start:stop], max_len))
-        excluded = [history - 1 for history in cases.histories[start:stop]]
+        excluded = [history - 1 for history in cases.histories[start:stop]] if exclude_history else None
         ranks.append(ranks_of_targets(logits, cases.targets[start:stop] - 1, excluded))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
 
 
 def scorer_report(
-    scorer: Scorer, cases: HoldoutCases, max_len: int, cutoffs: tuple[int, ...] = CUTOFFS
+    scorer: Scorer,
+    cases: HoldoutCases,
+    max_len: int,
+    cutoffs: tuple[int, ...] = CUTOFFS,
+    exclude_history: bool = True,
 ) -> dict[str, float]:
     """Return HR/NDCG/MRR at each cutoff for the scorer on the cases."""
-    return ranking_report(scorer_ranks(scorer, cases, max_len), cutoffs)
+    return ranking_report(scorer_ranks(scorer, cases, max_len, exclude_history=exclude_history), cutoffs)
 
 
 __all__ = [

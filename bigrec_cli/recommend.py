@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bigrec_cli.artifacts import live_scorer, load_run
-from bigrec_cli.data import RESERVED_ITEM_COLUMNS
+from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir
@@ -103,12 +103,14 @@ class Recommender:
         self._masks: dict[tuple, np.ndarray] = {}
         extra = self.store.new_items(exclude=self.catalog_items)
         self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
-        events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp"])
+        self.policy = event_policy(project)
+        events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp", "event"])
         # Preprocessed events are sorted by user, then time, and never change while a run serves: index each
         # user's slice once; per request only the feedback store is read.
         users = events["user_id"].to_numpy(dtype=object)
         self._event_items = events["item_id"].to_numpy(dtype=object)
         self._event_times = events["timestamp"].to_numpy(dtype="float64")
+        self._event_types = events["event"].to_numpy(dtype=object)
         boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
         starts, stops = np.r_[0, boundaries], np.r_[boundaries, len(users)]
         self._spans = dict(zip(users[starts].tolist(), zip(starts.tolist(), stops.tolist()))) if len(users) else {}
@@ -136,12 +138,15 @@ class Recommender:
             self._user_states(self.scorer.encode_sequences(histories, self.max_len))
         return len(chosen)
 
-    def histories(self, user_ids: list[str]) -> list[list[str]]:
-        """Return the histories of many users, reading the feedback store once for a large batch."""
+    def behaviour(self, user_ids: list[str]) -> list[list[tuple[str, float, str]]]:
+        """Each user's events, (item_id, timestamp, event) oldest first: preprocessed ones, then feedback.
+
+        The feedback store is read once for a large batch, one indexed query per user for a small one.
+        """
         if len(user_ids) > 32:
             frame = self.store.events_frame()
             feedback = {
-                user: list(zip(group["item_id"], group["timestamp"]))
+                user: list(zip(group["item_id"], group["timestamp"], group["event"]))
                 for user, group in frame.groupby("user_id", sort=False)
             }
             live = [feedback.get(user_id, []) for user_id in user_ids]
@@ -150,11 +155,26 @@ class Recommender:
         result = []
         for user_id, extra in zip(user_ids, live):
             start, stop = self._spans.get(user_id, (0, 0))
-            base = list(zip(self._event_items[start:stop], self._event_times[start:stop]))
-            rows = sorted(base + extra, key=lambda row: row[1])
-            latest = {item: position for position, (item, _) in enumerate(rows)}
-            result.append([item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])])
+            base = zip(self._event_items[start:stop], self._event_times[start:stop], self._event_types[start:stop])
+            result.append(sorted([*base, *extra], key=lambda row: row[1]))
         return result
+
+    def histories(self, user_ids: list[str]) -> list[list[str]]:
+        """The item sequences the LSTM reads: positive events in time order (every event, or with the project's
+        `--dedupe latest` each item once at its latest); negative events are left out."""
+        return [self._positives(rows) for rows in self.behaviour(user_ids)]
+
+    def _positives(self, rows: list[tuple[str, float, str]]) -> list[str]:
+        items = [item for item, _, event in rows if event not in self.policy.negative_events]
+        if self.policy.dedupe != "latest":
+            return items
+        latest = {item: position for position, item in enumerate(items)}
+        return [item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])]
+
+    def _rejected(self, rows: list[tuple[str, float, str]]) -> list[str]:
+        """Items whose latest event is negative (cancelled, returned, disliked): never recommended right back."""
+        last = {item: event for item, _, event in rows}
+        return [item for item, event in last.items() if event in self.policy.negative_events]
 
     def candidates(self, where: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> np.ndarray | None:
         """The items that may be recommended, as a mask over items 1…N (None: all of them).
@@ -183,21 +203,28 @@ class Recommender:
         self,
         user_ids: list[str],
         k: int = 10,
-        exclude_seen: bool = True,
+        exclude_seen: bool | None = None,
         where: tuple[str, ...] = (),
         exclude: tuple[str, ...] = (),
         explain: bool = False,
     ) -> list[dict]:
         """Return one answer per user: `{"user_id", "cold_start", "items": [{"rank", "item_id", "title", "score"}]}`.
 
-        Users with no behaviour get the most popular items, flagged `cold_start`. `where` and `exclude` filter the
-        candidates before the top-K (see `candidates`); `explain` adds to each item the history items that raised
-        its score most (`because`), found by occlusion.
+        Users with no behaviour get the most popular items, flagged `cold_start`. History items are left out when
+        `exclude_seen` (default: the project's `--repeats exclude`); items whose latest event is negative always
+        are. `where` and `exclude` filter the candidates before the top-K (see `candidates`); `explain` adds to
+        each item the history items that raised its score most (`because`), found by occlusion.
         """
         if not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}", hint="pass a smaller --k")
+        if exclude_seen is None:
+            exclude_seen = self.policy.exclude_history
         allowed = self.candidates(tuple(where), tuple(exclude))
-        histories = self.histories(user_ids)
+        behaviour = self.behaviour(user_ids)
+        histories = [self._positives(rows) for rows in behaviour]
+        blocked = [
+            (history if exclude_seen else []) + self._rejected(rows) for history, rows in zip(histories, behaviour)
+        ]
         warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:
@@ -210,11 +237,11 @@ class Recommender:
                 logits = self.scorer.logits_from_states(states[start : start + 512], sequences[start : start + 512])
                 if allowed is not None:
                     logits[:, ~allowed] = -np.inf
-                for row, items in zip(rows, self._top_k(logits, [histories[row] for row in rows], k, exclude_seen)):
+                for row, items in zip(rows, self._top_k(logits, [blocked[row] for row in rows], k)):
                     answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
-                seen = set(histories[row]) if exclude_seen else set()
+                seen = set(blocked[row])
                 popular = [
                     item
                     for item in self.popular
@@ -254,7 +281,7 @@ class Recommender:
                 if drops[row, column] > 0
             ]
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, **options) -> dict:
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool | None = None, **options) -> dict:
         """Return the top-k answer for one user (see recommend_many)."""
         return self.recommend_many([user_id], k, exclude_seen, **options)[0]
 
@@ -275,17 +302,14 @@ class Recommender:
                 self._state_cache[keys[position]] = state
         return np.stack(cached)
 
-    def _top_k(self, logits: np.ndarray, histories: list[list[str]], k: int, exclude_seen: bool) -> list[list[dict]]:
-        """Return the answer items of each row of (users, items) logits, for all rows at once."""
-        if exclude_seen:
-            seen = [
-                [self.scorer.index_of[item] - 1 for item in history if item in self.scorer.index_of]
-                for history in histories
-            ]
-            rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
-            logits[
-                rows, np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))
-            ] = -np.inf
+    def _top_k(self, logits: np.ndarray, blocked: list[list[str]], k: int) -> list[list[dict]]:
+        """Return the answer items of each row of (users, items) logits, for all rows at once, without the
+        row's `blocked` items."""
+        seen = [[self.scorer.index_of[item] - 1 for item in items if item in self.scorer.index_of] for items in blocked]
+        rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
+        if len(rows):
+            columns = np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))
+            logits[rows, columns] = -np.inf
         keep = min(k, logits.shape[1])
         top = np.argpartition(logits, logits.shape[1] - keep, axis=1)[:, logits.shape[1] - keep :]
         values = np.take_along_axis(logits, top, axis=1)

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 from bigrec_cli.artifacts import Run, live_scorer, load_run
 from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, fold_feedback, load_events
+from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, event_policy, fold_feedback, load_events
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir, append_json_line, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
@@ -54,9 +54,10 @@ def holdout_reports(project: ProjectDir, run_dir: Path, events) -> dict[str, dic
     scorer = live_scorer(project, run)
     indexed = indexed_events(events, scorer.item_ids)
     max_len = run.config.max_len
+    exclude = event_policy(project).exclude_history
     return {
-        "valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len),
-        "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len),
+        "valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len, exclude_history=exclude),
+        "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len, exclude_history=exclude),
     }
 
 
@@ -149,7 +150,8 @@ def retrain(
         say("evaluating candidate and current run on the same split")
         clock = time.perf_counter()
         rowid = int(load_run(result.run_dir).manifest["feedback_rowid"])
-        events = fold_feedback(load_events(project), FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid))
+        feedback = FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid)
+        events = fold_feedback(load_events(project), feedback, event_policy(project))
         candidate = holdout_reports(project, result.run_dir, events)
         incumbent = holdout_reports(project, current_dir, events) if current_dir else None
         durations["evaluate_s"] = time.perf_counter() - clock

@@ -283,8 +283,9 @@ def create_app(
         origin = request.headers.get("origin", "").rstrip("/").lower()
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
             if origin not in origins and origin.split("://", 1)[-1] != host:
-                return JSONResponse({"detail": f"cross-origin write from {origin} refused (--allowed-origin)"},
-                                    status_code=403)  # fmt: skip
+                return JSONResponse(
+                    {"detail": f"cross-origin write from {origin} refused (--allowed-origin)"}, status_code=403
+                )
         return await call_next(request)
 
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
@@ -330,14 +331,15 @@ def create_app(
     async def recommend(
         user: str = Query(min_length=1, max_length=256),
         k: int = Query(10, ge=1, le=MAX_K),
-        include_seen: bool = False,
+        include_seen: bool | None = Query(None, description="Allow history items; default: the project's repeats"),
         where: list[str] = Query(default=[], description="Attribute filters, all of which hold: category=guitars"),
         exclude: list[str] = Query(default=[], description="Item ids never to recommend"),
         explain: bool = Query(False, description="Add each item's most influential history items (`because`)"),
     ) -> Response:
         """Top-k items for the user's latest behaviour, the same answer as `bigrec recommend --json`."""
         recommender = watcher.state.recommender
-        options = {"exclude_seen": not include_seen, "where": tuple(where), "exclude": tuple(exclude)}
+        exclude_seen = None if include_seen is None else not include_seen
+        options = {"exclude_seen": exclude_seen, "where": tuple(where), "exclude": tuple(exclude)}
         if explain:
             options["explain"] = True
         try:

@@ -15,7 +15,7 @@ from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID, fold_feedback, load_events
+from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix
@@ -160,10 +160,11 @@ class EarlyStopping(keras.callbacks.Callback):
         config: TrainConfig,
         on_epoch: Callable[[dict], None] | None,
         average: WeightAverage | None = None,
+        exclude_history: bool = True,
     ) -> None:
         super().__init__()
         self.cases, self.item_ids, self.config, self.on_epoch = cases, item_ids, config, on_epoch
-        self.average = average
+        self.average, self.exclude_history = average, exclude_history
         self.best_score, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict] = []
 
@@ -171,7 +172,9 @@ class EarlyStopping(keras.callbacks.Callback):
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
             exported = export_scorer_weights(self.model)
             weights = self.model.get_weights()
-        report = scorer_report(Scorer(exported, self.item_ids), self.cases, self.config.max_len)
+        report = scorer_report(
+            Scorer(exported, self.item_ids), self.cases, self.config.max_len, exclude_history=self.exclude_history
+        )
         entry = {
             "epoch": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),
@@ -201,11 +204,13 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
     return encoder.model, table
 
 
-def choose_item_item(scorer: Scorer, sequences: dict, cases, max_len: int) -> tuple[ItemItem | None, dict]:
+def choose_item_item(
+    scorer: Scorer, sequences: dict, cases, max_len: int, exclude_history: bool = True
+) -> tuple[ItemItem | None, dict]:
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
     padded = left_pad(cases.histories, max_len)
     logits = scorer.logits(padded)
-    excluded = [history - 1 for history in cases.histories]
+    excluded = [history - 1 for history in cases.histories] if exclude_history else None
     train_matrix = history_matrix(sequences, scorer.num_items)
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded)
 
@@ -244,8 +249,9 @@ def train(
     store = FeedbackStore(project.feedback_db)
     feedback_rowid = store.max_rowid() if include_feedback else 0
     raw_events = load_events(project)
+    policy = event_policy(project)
     if include_feedback:
-        raw_events = fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid))
+        raw_events = fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid), policy)
     if exclude_items:
         raw_events = raw_events[~raw_events["item_id"].isin(exclude_items)]
     events = indexed_events(raw_events, item_ids)
@@ -273,7 +279,7 @@ def train(
         warm_start(model, ScorerWeights.load(previous.directory / RUN_SCORER), previous.item_ids, item_ids)
     batches = WindowBatches(inputs, targets, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
-    stopper = EarlyStopping(cases, item_ids, config, on_epoch, average)
+    stopper = EarlyStopping(cases, item_ids, config, on_epoch, average, exclude_history=policy.exclude_history)
     callbacks = [stopper] if average is None else [average, stopper]
     if on_step is not None:
         callbacks.append(StepReporter(on_step, len(batches)))
@@ -288,9 +294,12 @@ def train(
     weights = export_scorer_weights(model)
     item_item, item_item_choice = None, {"chosen": {"method": "none"}}
     if config.item_item:
-        item_item, item_item_choice = choose_item_item(Scorer(weights, item_ids), sequences, cases, config.max_len)
+        item_item, item_item_choice = choose_item_item(
+            Scorer(weights, item_ids), sequences, cases, config.max_len, policy.exclude_history
+        )
     scorer = Scorer(weights, item_ids, item_item)
-    metrics = {f"val_{name}": value for name, value in scorer_report(scorer, cases, config.max_len).items()}
+    report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
+    metrics = {f"val_{name}": value for name, value in report.items()}
     final = write_run(
         project,
         config=config,

@@ -28,7 +28,7 @@ def test_split_last_is_test_second_last_is_valid():
 
 def test_deduplicate_keeps_latest_and_orders_by_time():
     events = pd.DataFrame({"user_id": ["u", "u", "u"], "item_id": ["a", "b", "a"], "timestamp": [3.0, 1.0, 5.0]})
-    kept, dropped = order_and_deduplicate(events)
+    kept, dropped = order_and_deduplicate(events, "latest")
     assert dropped == 1
     assert kept["item_id"].tolist() == ["b", "a"]
     assert kept["timestamp"].tolist() == [1.0, 5.0]

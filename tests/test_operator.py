@@ -174,3 +174,18 @@ def test_bigrec_toml_sets_options_and_flags_override_it(trained_copy):
     (trained_copy / "bigrec.toml").write_text("[train]\nepoch = 3\n")
     wrong = invoke("train", "--project-dir", str(trained_copy))
     assert wrong.exit_code == 1 and "has no option 'epoch'" in wrong.stderr and "epochs" in wrong.stderr
+
+
+def test_http_filters_and_explanations(trained_copy):
+    from fastapi.testclient import TestClient
+
+    from bigrec_cli.serve import project_app
+
+    topics = pd.read_csv(SAMPLE / "items.csv").set_index("item_id")["topic"]
+    app = project_app(ProjectDir(trained_copy), watch=False, warm_users=0)
+    with TestClient(app) as client:
+        params = {"user": "u0001", "k": 5, "where": ["topic=jazz"], "explain": "true"}
+        answer = client.get("/recommend", params=params).json()
+        assert len(answer["items"]) == 5 and {topics[item["item_id"]] for item in answer["items"]} == {"jazz"}
+        assert all("because" in item for item in answer["items"])
+        assert client.get("/recommend", params={"user": "u0001", "where": "colour=red"}).status_code == 400

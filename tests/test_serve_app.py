@@ -28,8 +28,13 @@ def fake():
         state["rows"].extend(rows)
         return IngestSummary(num_rows=len(rows), num_accepted=len(rows))
 
-    app = create_app(load=lambda: FakeRecommender(f"run{state['generation']}"), generation=lambda: state["generation"],
-                     ingest=ingest, token="t0k", watch=False)  # fmt: skip
+    app = create_app(
+        load=lambda: FakeRecommender(f"run{state['generation']}"),
+        generation=lambda: state["generation"],
+        ingest=ingest,
+        token="t0k",
+        watch=False,
+    )
     return TestClient(app), app, state
 
 
