@@ -651,6 +651,61 @@ def export(
     info(f"wrote {written}: signatures serving_default (sequences, k -> top-k) and logits (sequences -> logits)")
 
 
+@app.command()
+def tune(
+    project_dir: ProjectOption,
+    budget: Annotated[Optional[str], typer.Option(help="Stop starting trials after this long: 30m, 2h, 90s.")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="At most this many trials in this session.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and of every trial's training.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Search learning rate, sizes, dropout, negatives, ID dropout, max_len and loss on the validation split.
+
+    Optuna (TPE sampler, median pruning on each epoch's validation NDCG@10); the study is kept in the project's
+    tune.sqlite3, so running tune again continues it. The best configuration goes into bigrec.toml [train].
+    """
+    with user_errors():
+        project = ProjectDir(project_dir)
+        project.require_features()
+        from bigrec_cli import tune
+
+        seconds = tune.parse_budget(budget) if budget is not None else None
+        from bigrec_cli.console import progress
+
+        with progress("tuning", transient=False) as bar:
+            task = bar.task_ids[0]
+            bar.update(task, total=trials)
+            best = {"value": None}
+
+            def on_trial(record: dict) -> None:
+                value = record["val_ndcg@10"]
+                if value is not None and (best["value"] is None or value > best["value"]):
+                    best["value"] = value
+                shown = "—" if best["value"] is None else f"{best['value']:.4f}"
+                bar.update(
+                    task, advance=1, description=f"tuning: trial {record['trial']} {record['state']}, best {shown}"
+                )
+
+            def on_epoch(entry: dict) -> None:
+                bar.update(
+                    task,
+                    description=f"tuning: trial {entry['trial']} epoch {entry['epoch']} "
+                    f"val ndcg@10 {entry['val_ndcg@10']:.4f}",
+                )
+
+            result = tune.tune(
+                project, budget_seconds=seconds, trials=trials, seed=seed, on_trial=on_trial, on_epoch=on_epoch
+            )
+    if as_json:
+        print_json(result.__dict__)
+        return
+    from bigrec_cli.console import rows_table
+
+    columns = ["trial", "state", "val_ndcg@10", "epochs", *tune.SEARCH_SPACE]
+    rows_table("trials (validation NDCG@10)", result.trials, columns)
+    info(f"best validation NDCG@10 {result.best_value:.4f}; written to {result.written_to} [train]")
+
+
 @app.command("forget-user")
 def forget_user(
     user: Annotated[str, typer.Argument(help="The user id whose behaviour to remove.")],
@@ -675,11 +730,24 @@ def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
     from bigrec_cli import artifacts
 
     with user_errors():
-        report = artifacts.status(ProjectDir(project_dir))
+        project = ProjectDir(project_dir)
+        report = artifacts.status(project)
+        from bigrec_cli.config import read_project_config
+
+        report["bigrec_toml_train"] = read_project_config(project.root).get("train", {})
+        if (project.root / "tune.sqlite3").exists():
+            from bigrec_cli import tune
+
+            report["tuning"] = tune.tuning_summary(project)
     if as_json:
         print_json(report)
     else:
         rows = {key: value for key, value in report.items() if not isinstance(value, dict)}
+        if report.get("bigrec_toml_train"):
+            rows["train options (bigrec.toml)"] = ", ".join(f"{k}={v}" for k, v in report["bigrec_toml_train"].items())
+        if report.get("tuning"):
+            summary = report["tuning"]
+            rows["tuning"] = f"{summary['trials']} trials, best val ndcg@10 {summary['best_val_ndcg@10']:.4f}"
         last = report.get("last_retrain")
         if last:
             rows["last_retrain"] = (

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from bigrec_cli.artifacts import Run, live_scorer, load_run
 from bigrec_cli.checkpoints import extraction_checkpoint
-from bigrec_cli.config import TrainConfig
+from bigrec_cli.config import TrainConfig, read_project_config
 from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, event_policy, fold_feedback, load_events
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir, append_json_line, read_json
@@ -117,6 +117,7 @@ def retrain(
             for key, value in (("epochs", epochs), ("seed", seed), ("learning_rate", learning_rate))
             if value is not None
         }
+        overrides = {**read_project_config(project.root).get("train", {}), **overrides}  # bigrec.toml, e.g. tuned
         if current_dir is not None and not force:
             unchanged = nothing_new(project, load_run(current_dir), overrides)
             if unchanged:

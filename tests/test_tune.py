@@ -1,0 +1,42 @@
+"""`bigrec tune` on the sample data with the tiny BERT: a real Optuna study in the project, resumable."""
+
+import json
+import sqlite3
+
+import pytest
+
+from bigrec_cli.errors import ConfigError
+from bigrec_cli.tune import parse_budget
+from tests.conftest import invoke
+
+
+def test_budgets_are_read_or_refused():
+    assert parse_budget("30m") == 1800 and parse_budget("2h") == 7200 and parse_budget("1h30m") == 5400
+    assert parse_budget("90s") == 90
+    for text in ("", "soon", "30 minutes"):
+        with pytest.raises(ConfigError):
+            parse_budget(text)
+
+
+def test_tune_writes_the_best_configuration_and_resumes(trained_copy):
+    (trained_copy / "bigrec.toml").write_text("[train]\nepochs = 2\n\n[serve]\nport = 9001\n")
+    runs_before = sorted(path.name for path in (trained_copy / "runs").iterdir())
+    first = invoke("tune", "--trials", "2", "--project-dir", str(trained_copy), "--json")
+    assert first.exit_code == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert len(result["trials"]) == 2 and set(result["best"]) >= {"learning_rate", "dim", "max_len", "loss"}
+    shown = {
+        (row["command"], row["option"]): row
+        for row in json.loads(invoke("config", "show", "--project-dir", str(trained_copy), "--json").stdout)
+    }
+    assert shown[("train", "dim")]["value"] == result["best"]["dim"]
+    assert shown[("train", "dim")]["source"] == "bigrec.toml" and shown[("serve", "port")]["value"] == 9001
+    assert shown[("train", "epochs")]["value"] == 2, "options tune does not search are kept"
+    again = json.loads(invoke("tune", "--trials", "1", "--project-dir", str(trained_copy), "--json").stdout)
+    assert len(again["trials"]) == 3, "the study in tune.sqlite3 is continued"
+    with sqlite3.connect(trained_copy / "tune.sqlite3") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 3
+    status = json.loads(invoke("status", "--project-dir", str(trained_copy), "--json").stdout)
+    assert status["tuning"]["trials"] == 3 and status["bigrec_toml_train"]["dim"] == result["best"]["dim"]
+    runs_after = sorted(path.name for path in (trained_copy / "runs").iterdir())
+    assert runs_after == runs_before, "trial runs are deleted; current is untouched"
