@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sparse
 
 from bigrec_cli.data import order_and_deduplicate, split_by_time
@@ -61,6 +62,7 @@ def shop_project(project, tmp_path, *extra):
     return json.loads(result.stdout), len(events) + len(repeats)
 
 
+@pytest.mark.slow
 def test_repeats_are_kept_end_to_end(project, tmp_path):
     summary, total = shop_project(project, tmp_path, "--repeats", "allow")
     assert summary["num_events"] == total and summary["num_duplicates"] == 0
@@ -77,6 +79,7 @@ def test_repeats_are_kept_end_to_end(project, tmp_path):
     assert history & {item["item_id"] for item in answer["items"]}, "history items may come back under allow"
 
 
+@pytest.mark.slow
 def test_a_cancelled_item_is_not_recommended_right_back(project, tmp_path):
     shop_project(project, tmp_path, "--repeats", "allow")
     assert invoke("extract").exit_code == 0

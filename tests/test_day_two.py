@@ -86,6 +86,7 @@ def test_drop_unknown_items_says_how_many(project, tmp_path):
 # Bug 11: an empty validation split is refused with the fix ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_refuses_an_empty_validation_split(project, tmp_path):
     events = tmp_path / "events.csv"
     events.write_text(
