@@ -96,3 +96,7 @@ bench-extract: install bench-reference-env
 
 bench-latency: install
 	$(BIN)/python bench/latency.py
+
+.PHONY: bench-soak
+bench-soak: install
+	$(BIN)/python bench/soak.py
