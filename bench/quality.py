@@ -126,7 +126,7 @@ def update_readme(result: dict) -> None:
     end_mark = f"<!-- /quality-table {result['dataset']} -->"
     text = README.read_text()
     if start_mark not in text:
-        anchor = text.index("<!-- quality-table")
+        anchor = text.index("<!-- quality-tables")
         text = text[:anchor] + f"{start_mark}\n{end_mark}\n\n" + text[anchor:]
     start, end = text.index(start_mark) + len(start_mark), text.index(end_mark)
     README.write_text(text[:start] + "\n" + results_table(result) + "\n" + text[end:])

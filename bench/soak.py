@@ -176,6 +176,7 @@ def soak_phase(port: int, pid: int, runs: list[str], users: list[str]) -> dict:
         "requests_post": counts["post"],
         "failed_requests": len(failures),
         "rss_mib": {"start": rss[0], "end": rss[-1], "max": max(rss)},
+        "rss_mib_each_minute": [round(sample[1], 1) for sample in samples if int(sample[0]) % 60 == 0],
         "open_handles": {"start": handles[0], "end": handles[-1], "max": max(handles)},
         "events_accepted": len(accepted),
         "events_stored_once": sum(stored_ids.get(event_id) == 1 for event_id in accepted),

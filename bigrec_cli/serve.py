@@ -109,7 +109,10 @@ class ModelWatcher:
         closer = threading.Timer(self.retire_seconds, getattr(retired.recommender, "close", lambda: None))
         closer.daemon = True
         closer.start()
-        gc.collect()  # the previous model's objects, then keep the new one out of the collector's way
+        # The previous model was frozen out of the collector's sight when it loaded: unfreeze so that its cycles can
+        # be reclaimed, collect, then keep the new one out of the collector's way.
+        gc.unfreeze()
+        gc.collect()
         gc.freeze()
         return True
 
