@@ -113,17 +113,14 @@ def parse_rows(rows: list[Row], now: float) -> tuple[list[tuple[Row, ParsedEvent
     reasons = check.row_reasons()
     events = check.events
     texts = {name: _cells(frame, name) for name in ("event_id", "timestamp", "weight", "title", "text", "description")}
+    columns = {name: events[name].tolist() for name in ("user_id", "item_id", "event", "timestamp", "weight")}
     accepted, rejections = [], []
     for position, row in enumerate(rows):
         reason = type_errors[position] or reasons[position]
         if reason:
             rejections.append({"line": row.line, "reason": reason, "row": row.raw[:2000]})
             continue
-        user_id, item_id, event = (
-            events.at[position, "user_id"],
-            events.at[position, "item_id"],
-            events.at[position, "event"],
-        )
+        user_id, item_id, event = (columns[name][position] for name in ("user_id", "item_id", "event"))
         title, text, description = (texts[name][position] for name in ("title", "text", "description"))
         if description and not text:
             text = " | ".join(part for part in (title, description) if part)
@@ -139,9 +136,9 @@ def parse_rows(rows: list[Row], now: float) -> tuple[list[tuple[Row, ParsedEvent
             event_id,
             user_id,
             item_id,
-            float(events.at[position, "timestamp"]),
+            float(columns["timestamp"][position]),
             event,
-            float(events.at[position, "weight"]),
+            float(columns["weight"][position]),
             title,
             text,
         )
