@@ -374,7 +374,39 @@ class FeedbackStore:
             self.migrate(connection)
             connection.execute("BEGIN IMMEDIATE")
             try:
-                self._store(connection, parsed, summary, known_items, source, now, all_or_nothing)
+                stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
+                for row, event in parsed:
+                    is_new_item = event.item_id not in known_items and event.item_id not in stored_items
+                    if is_new_item and not event.text:
+                        reason = f"unknown item_id {event.item_id!r} without title or text"
+                        summary.rejections.append({"line": row.line, "reason": reason, "row": row.raw[:2000]})
+                        if all_or_nothing:
+                            raise _Abort
+                        continue
+                    if is_new_item:
+                        connection.execute(
+                            "INSERT INTO items VALUES (?, ?, ?, ?)",
+                            (event.item_id, event.title or event.text, event.text, now),
+                        )
+                        stored_items.add(event.item_id)
+                        summary.num_new_items += 1
+                    cursor = connection.execute(
+                        "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            event.event_id,
+                            event.user_id,
+                            event.item_id,
+                            event.timestamp,
+                            event.event,
+                            event.weight,
+                            source,
+                            now,
+                        ),
+                    )
+                    if cursor.rowcount:
+                        summary.num_accepted += 1
+                    else:
+                        summary.num_duplicates += 1
                 connection.execute("COMMIT")
             except _Abort:
                 connection.execute("ROLLBACK")
@@ -384,40 +416,6 @@ class FeedbackStore:
                 raise
         finally:
             connection.close()
-
-    @staticmethod
-    def _store(
-        connection: sqlite3.Connection,
-        parsed: list[tuple[Row, ParsedEvent]],
-        summary: IngestSummary,
-        known_items: frozenset[str] | set[str],
-        source: str,
-        now: float,
-        all_or_nothing: bool,
-    ) -> None:
-        stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
-        for row, event in parsed:
-            is_new_item = event.item_id not in known_items and event.item_id not in stored_items
-            if is_new_item and not event.text:
-                reason = f"unknown item_id {event.item_id!r} without title or text"
-                summary.rejections.append({"line": row.line, "reason": reason, "row": row.raw[:2000]})
-                if all_or_nothing:
-                    raise _Abort
-                continue
-            if is_new_item:
-                connection.execute(
-                    "INSERT INTO items VALUES (?, ?, ?, ?)", (event.item_id, event.title or event.text, event.text, now)
-                )
-                stored_items.add(event.item_id)
-                summary.num_new_items += 1
-            cursor = connection.execute(
-                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.event_id, event.user_id, event.item_id, event.timestamp, event.event, event.weight, source, now),
-            )
-            if cursor.rowcount:
-                summary.num_accepted += 1
-            else:
-                summary.num_duplicates += 1
 
     def _read(self, query: str, parameters: tuple = ()) -> list[tuple]:
         if not self.exists():

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sparse
-from sklearn.preprocessing import normalize
 
-from bigrec_cli.baselines import EASE
 from bigrec_cli.errors import ArtifactError
-from bigrec_cli.metrics import ranking_report, ranks_of_targets
 from bigrec_cli.vectors import load_arrays, save_arrays
+
+# Scoring with a fitted term (recommend, serve) needs scipy.sparse only; fitting it (train) imports the baselines,
+# scikit-learn and the metrics inside the functions below, so serving does not pay for them.
 
 EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, cosine ItemKNN (sparse) instead
 NEIGHBOURS = 200
@@ -118,6 +118,8 @@ def top_neighbours(weights: np.ndarray, neighbours: int) -> sparse.csr_matrix:
 
 def cosine_neighbours(train: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
     """Cosine similarity between item columns, each item's `neighbours` most similar kept (sparse throughout)."""
+    from sklearn.preprocessing import normalize
+
     columns = normalize(train.T.tocsr().astype("float32"), norm="l2", axis=1)
     similarity = (columns @ columns.T).tocsr()
     similarity.setdiag(0.0)
@@ -142,6 +144,8 @@ def cosine_neighbours(train: sparse.csr_matrix, neighbours: int) -> sparse.csr_m
 
 def candidates(train: sparse.csr_matrix) -> list[tuple[str, sparse.csr_matrix]]:
     """The item-item matrices to choose from: EASE for each λ (small catalogs) or cosine ItemKNN."""
+    from bigrec_cli.baselines import EASE
+
     num_items = train.shape[1]
     if num_items <= EASE_MAX_ITEMS:
         return [
@@ -169,6 +173,7 @@ def fit_item_item(
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
     """
+    from bigrec_cli.metrics import ranking_report, ranks_of_targets
 
     def ndcg(scores: np.ndarray) -> float:
         return ranking_report(ranks_of_targets(scores, targets - 1, excluded), (10,))["ndcg@10"]
