@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import sys
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import typer
 
 from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS, TrainConfig
 from bigrec_cli.console import error, info, key_values, print_json
-from bigrec_cli.errors import EXIT_ROWS_REJECTED, EXIT_RUN_REJECTED, BigrecError
+from bigrec_cli.errors import EXIT_ROWS_REJECTED, EXIT_RUN_REJECTED, EXIT_USER_ERROR, BigrecError
 from bigrec_cli.project import ProjectDir
 
 app = typer.Typer(
@@ -127,6 +128,16 @@ def option_sources(ctx: typer.Context, section: str, project_dir: Path) -> dict[
     return sources
 
 
+# Writes that fail for a reason the user can fix: one line, never a traceback (nothing is promoted half-written).
+WRITE_FAILURES = {
+    errno.ENOSPC: "free some disk space (or move the project with --project-dir) and run the command again",
+    errno.EDQUOT: "free some of your disk quota and run the command again",
+    errno.EFBIG: "the file size limit (ulimit -f) is too small: raise it and run the command again",
+    errno.EROFS: "the project is on a read-only file system: point --project-dir at a writable copy",
+    errno.EACCES: "the project is not writable by this user: check its permissions",
+}
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a BigrecError into one line on stderr and exit status 1; bugs keep their traceback."""
@@ -136,6 +147,13 @@ def user_errors() -> Iterator[None]:
         hint = f" — fix: {failure.hint}" if failure.hint else ""
         error(f"{failure.message}{hint}")
         raise typer.Exit(failure.exit_code) from None
+    except OSError as failure:
+        fix = WRITE_FAILURES.get(failure.errno or 0)
+        if fix is None:
+            raise
+        where = f"cannot write {failure.filename}" if failure.filename else "cannot write to the project"
+        error(f"{where}: {failure.strerror} — fix: {fix}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 @app.command()
@@ -427,6 +445,8 @@ def evaluate(
         metrics_table(results, results["protocol"]["cutoffs"])
     if report is not None:
         info(f"report: {results['report']}")
+    if "record_not_written" in results:
+        info(f"warning: the evaluation was not recorded in the project ({results['record_not_written']})")
 
 
 @app.command()

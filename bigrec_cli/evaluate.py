@@ -172,5 +172,9 @@ def evaluate(
 
         report["report"] = str(write_report(report_dir, report, ranks, read_json(run.directory / RUN_HISTORY)))
     report["seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_json(project.root / EVALUATIONS_DIR / f"{run.run_id}.json", report)
+    record = project.root / EVALUATIONS_DIR / f"{run.run_id}.json"
+    try:
+        atomic_write_json(record, report)
+    except OSError as error:  # a read-only project can still be evaluated; only the record is not kept
+        report["record_not_written"] = f"{record.name}: {error.strerror or error}"
     return report

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -425,8 +426,7 @@ class FeedbackStore:
             # One read-only connection per thread, kept open: each query is its own read transaction, so under
             # WAL it sees every commit made before it, and a request pays no connect.
             with self.errors():
-                connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-                connection.execute("PRAGMA busy_timeout = 60000")
+                connection = self._reader()
             self._readers.connection = connection
             with self._lock:
                 self._open.append(connection)
@@ -437,6 +437,21 @@ class FeedbackStore:
             if "no such table" in str(error):
                 return []
             raise
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read-only connection. Under WAL, SQLite needs to create `-shm` beside the file even to read; in a
+        project nobody may write (a read-only mount or permissions), the file is opened immutable instead:
+        nothing can change it there anyway."""
+        connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.OperationalError as error:
+            connection.close()
+            if "unable to open" not in str(error) or os.access(self.path.parent, os.W_OK):
+                raise
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        return connection
 
     def delete_user(self, user_id: str) -> int:
         """Delete every feedback event of one user; return how many."""

@@ -258,6 +258,28 @@ class ProjectDir:
         if not self.features_meta_path.exists():
             raise NotTrainedError(f"no item vectors in {self.root}", hint="run `bigrec extract` first")
 
+    def require_room(self, need_bytes: int) -> None:
+        """Refuse, before any long work, to write into a project that is read-only or lacks the disk space.
+
+        Args:
+            need_bytes: About how much the work will write.
+        """
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            raise ArtifactError(
+                f"{self.root} is not writable (read-only file system or permissions)",
+                hint="point --project-dir at a writable copy of the project",
+            )
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise ArtifactError(
+                f"{free / 2**20:.0f} MiB free on the disk of {self.root}, "
+                f"and this needs about {need_bytes / 2**20:.0f} MiB",
+                hint="free some disk space (`bigrec runs prune` removes old runs), or move the project",
+            )
+
     def new_run_id(self) -> str:
         """Return a sortable, unique run id: UTC time plus a random suffix."""
         return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)

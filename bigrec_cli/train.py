@@ -33,6 +33,7 @@ from bigrec_cli.scoring import Scorer, ScorerWeights
 from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
+RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON files, the item-to-item term)
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ def train(
     """
     started = time.perf_counter()
     project.require_features()
+    # A run holds a copy of the item vectors plus the learned per-item arrays and the item-to-item term.
+    project.require_room(3 * project.item_vectors_path.stat().st_size + RUN_ROOM_BYTES)
     features_meta = read_json(project.features_meta_path)
     item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
     store = FeedbackStore(project.feedback_db)
