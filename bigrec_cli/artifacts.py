@@ -22,6 +22,7 @@ from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.itemitem import ItemItem
 from bigrec_cli.project import (
     RUN_CONFIG,
+    RUN_EVENT_TYPES,
     RUN_HISTORY,
     RUN_ITEM_ITEM,
     RUN_ITEM_VOCAB,
@@ -48,6 +49,7 @@ class Run:
     item_ids: list[str]
     manifest: dict
     metrics: dict
+    event_types: list[str]  # position = the type's id in sequence tokens; empty for runs from before event types
 
 
 def write_run(
@@ -60,6 +62,7 @@ def write_run(
     metrics: dict,
     manifest: dict,
     item_item: ItemItem | None = None,
+    event_types: list[str] | None = None,
 ) -> Path:
     """Write a complete run and return its folder; a crash leaves only a hidden staging folder, never a half run.
 
@@ -72,6 +75,7 @@ def write_run(
         metrics: Validation metrics and training counts.
         manifest: Provenance to record beside the versions and file checksums (data fingerprint, feature model, …).
         item_item: The item-to-item term the head adds (none when it did not help on validation).
+        event_types: The event types the model reads, in the order of their ids.
     """
     run_id = project.new_run_id()
     staging = project.staging_run_dir(run_id)
@@ -82,6 +86,7 @@ def write_run(
             item_item.save(staging / RUN_ITEM_ITEM)
         atomic_write_json(staging / RUN_CONFIG, config.to_dict())
         atomic_write_json(staging / RUN_ITEM_VOCAB, item_ids)
+        atomic_write_json(staging / RUN_EVENT_TYPES, list(event_types or []))
         atomic_write_json(staging / RUN_HISTORY, history)
         atomic_write_json(staging / RUN_METRICS, metrics)
         files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
@@ -130,6 +135,7 @@ def load_run(run_dir: Path) -> Run:
         item_ids=read_json(run_dir / RUN_ITEM_VOCAB),
         manifest=manifest,
         metrics=read_json(run_dir / RUN_METRICS),
+        event_types=read_json(run_dir / RUN_EVENT_TYPES) if (run_dir / RUN_EVENT_TYPES).exists() else [],
     )
 
 
@@ -137,7 +143,7 @@ def run_scorer(run: Run) -> Scorer:
     """Return the run's numpy scorer (with its item-to-item term when it has one)."""
     path = run.directory / RUN_ITEM_ITEM
     item_item = ItemItem.load(path) if path.exists() else None
-    return Scorer(ScorerWeights.load(run.directory / RUN_SCORER), run.item_ids, item_item)
+    return Scorer(ScorerWeights.load(run.directory / RUN_SCORER), run.item_ids, item_item, run.event_types)
 
 
 def live_scorer(project: ProjectDir, run: Run) -> Scorer:

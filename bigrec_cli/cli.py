@@ -12,7 +12,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS, TrainConfig
+from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS, TrainConfig, parse_pairs
 from bigrec_cli.console import error, info, key_values, print_json
 from bigrec_cli.errors import EXIT_ROWS_REJECTED, EXIT_RUN_REJECTED, EXIT_USER_ERROR, BigrecError
 from bigrec_cli.project import ProjectDir
@@ -179,6 +179,12 @@ def preprocess(
     negative_events: Annotated[
         str, typer.Option(help="Comma-separated event types that are negative behaviour (never a target).")
     ] = ",".join(DEFAULT_NEGATIVE_EVENTS),
+    event_map: Annotated[
+        str, typer.Option(help="Rename raw event values to types, e.g. view=click,basket=cart (feedback too).")
+    ] = "",
+    min_rating: Annotated[
+        Optional[float], typer.Option(help="Events rated below this become `dislike`: negative behaviour.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate events and items, order them by time, split per user (last = test) and write Parquet."""
@@ -186,7 +192,13 @@ def preprocess(
 
     with user_errors():
         negative = tuple(name.strip() for name in negative_events.split(",") if name.strip())
-        policy = data.EventPolicy(dedupe=dedupe, repeats=repeats, negative_events=negative)
+        try:
+            mapping = parse_pairs(event_map, "--event-map", number=False)
+        except ValueError as problem:
+            raise BigrecError(str(problem), hint="write it as view=click,basket=cart") from None
+        policy = data.EventPolicy(
+            dedupe=dedupe, repeats=repeats, negative_events=negative, event_map=mapping, min_rating=min_rating
+        )
         if input_format is InputFormat.movielens_100k:
             if source is None:
                 raise BigrecError("--format movielens-100k needs --source DIR", hint="pass the unzipped ml-100k folder")
@@ -375,6 +387,13 @@ def train(
     fine_tune_bert: Annotated[
         bool, typer.Option(help="Train the BERT encoder end to end (small catalogs).")
     ] = TrainConfig.fine_tune_bert,
+    event_weights: Annotated[
+        str,
+        typer.Option(help="Loss weight of each positive event type, e.g. purchase=3,cart=2,click=1 (others 1)."),
+    ] = TrainConfig.event_weights,
+    weight_scale: Annotated[
+        str, typer.Option(help="How the weight column scales an event: log (1 + ln w), linear, or ignore.")
+    ] = TrainConfig.weight_scale,
     as_json: JsonOption = False,
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""

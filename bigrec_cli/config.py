@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,7 +41,27 @@ def read_project_config(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def parse_pairs(text: str, what: str, number: bool) -> dict[str, Any]:
+    """Parse `a=b,c=d` (an `--event-map` or `--event-weights` value); raise ValueError naming the bad part."""
+    pairs: dict[str, Any] = {}
+    for part in filter(None, (piece.strip() for piece in (text or "").split(","))):
+        name, equals, value = (piece.strip() for piece in part.partition("="))
+        if not equals or not name or not value:
+            raise ValueError(f"{what}: {part!r} is not name=value")
+        if number:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{what}: {part!r} needs a number after '='") from None
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{what}: {part!r} needs a finite weight of 0 or more")
+        pairs[name] = value
+    return pairs
+
+
 LOSSES = ("bce", "gbce")
+WEIGHT_SCALES = ("log", "linear", "ignore")
+DEFAULT_EVENT_WEIGHTS = "purchase=3,cart=2,click=1"  # other positive types weigh 1; negative types are never targets
 NEGATIVE_SAMPLINGS = ("uniform", "popularity")
 
 
@@ -71,6 +92,9 @@ class TrainConfig:
             set, beside the LSTM's order-aware state).
         item_item: Add an item-to-item term (EASE or ItemKNN on the training split) to the logit, weighted by the
             validation split (weight 0 when it does not help).
+        event_weights: How much each positive event type weighs in the loss (`type=weight,…`; unnamed types 1).
+        weight_scale: How the events' `weight` column (e.g. a quantity) scales them in the loss: `log` (1 + ln w),
+            `linear` (w) or `ignore`.
         weight_average: Decay of the moving average of the weights that validation scores and the run keeps;
             0 keeps the raw weights of the best epoch.
     """
@@ -94,6 +118,8 @@ class TrainConfig:
     weight_average: float = 0.99
     history_mean: bool = True
     item_item: bool = True
+    event_weights: str = DEFAULT_EVENT_WEIGHTS
+    weight_scale: str = "log"
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
@@ -110,6 +136,14 @@ class TrainConfig:
                 f"unknown negative sampling {self.negative_sampling!r}",
                 hint=f"use one of {', '.join(NEGATIVE_SAMPLINGS)}",
             )
+        if self.weight_scale not in WEIGHT_SCALES:
+            raise ConfigError(
+                f"unknown weight scale {self.weight_scale!r}", hint=f"use one of {', '.join(WEIGHT_SCALES)}"
+            )
+        try:
+            parse_pairs(self.event_weights, "--event-weights", number=True)
+        except ValueError as error:
+            raise ConfigError(str(error), hint="write it as purchase=3,cart=2,click=1") from None
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
         for name, value, upper in (

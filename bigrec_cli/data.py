@@ -16,7 +16,7 @@ import pandas as pd
 
 from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS
 from bigrec_cli.errors import DataError
-from bigrec_cli.events import MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, validate_events
+from bigrec_cli.events import LOW_RATING_EVENT, MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, map_event_types, validate_events
 from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json, read_json
 
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
@@ -271,15 +271,24 @@ class EventPolicy:
             event per (user, item), its latest (films watched once).
         repeats: `exclude` never recommends what the user already had (films); `allow` lets history items back in
             (groceries, consumables), in `recommend`, `serve`, `evaluate` and the retrain gate alike.
-        negative_events: Event types that are negative behaviour: never a target, and their items are not
-            recommended right back.
+        negative_events: Event types that are negative behaviour: in the sequence the LSTM reads (as their type),
+            never a target, and their items are not recommended right back.
+        event_map: Raw event values renamed to types (`view=click,basket=cart`), at every door.
+        min_rating: Events rated below it become `dislike` (negative behaviour); needs a `rating` column.
     """
 
     dedupe: str = "exact"
     repeats: str = "exclude"
     negative_events: tuple[str, ...] = DEFAULT_NEGATIVE_EVENTS
+    event_map: tuple[tuple[str, str], ...] = ()
+    min_rating: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.event_map, dict):
+            object.__setattr__(self, "event_map", tuple(self.event_map.items()))
+        object.__setattr__(self, "event_map", tuple(tuple(pair) for pair in self.event_map))
+        if self.min_rating is not None and LOW_RATING_EVENT not in self.negative_events:
+            object.__setattr__(self, "negative_events", (*self.negative_events, LOW_RATING_EVENT))
         if self.dedupe not in DEDUPE_MODES:
             raise DataError(f"unknown --dedupe {self.dedupe!r}", hint=f"use one of {', '.join(DEDUPE_MODES)}")
         if self.repeats not in REPEAT_MODES:
@@ -291,7 +300,17 @@ class EventPolicy:
         return self.repeats == "exclude"
 
     def to_dict(self) -> dict:
-        return {"dedupe": self.dedupe, "repeats": self.repeats, "negative_events": list(self.negative_events)}
+        return {
+            "dedupe": self.dedupe,
+            "repeats": self.repeats,
+            "negative_events": list(self.negative_events),
+            "event_map": dict(self.event_map),
+            "min_rating": self.min_rating,
+        }
+
+    def map_events(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Apply the event map and the rating threshold to validated events (both doors call this)."""
+        return map_event_types(events, dict(self.event_map), self.min_rating)
 
     @classmethod
     def from_meta(cls, meta: dict) -> "EventPolicy":
@@ -300,6 +319,8 @@ class EventPolicy:
             dedupe=meta.get("dedupe", "latest"),
             repeats=meta.get("repeats", "exclude"),
             negative_events=tuple(meta.get("negative_events", ())),
+            event_map=tuple(meta.get("event_map", {}).items()),
+            min_rating=meta.get("min_rating"),
         )
 
 
@@ -417,6 +438,13 @@ def preprocess(
     items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order: not the file's
     events = clean_events(raw_events, events_path, event_offset)
+    policy = policy or EventPolicy()
+    if policy.min_rating is not None and "rating" not in events.columns:
+        raise DataError(
+            f"--min-rating needs ratings, and {events_path} has no rating column",
+            hint="add a numeric rating column, or leave --min-rating out",
+        )
+    events = policy.map_events(events)
     known = events["item_id"].isin(set(items["item_id"])).to_numpy()
     num_dropped = 0
     if not known.all():
@@ -432,7 +460,6 @@ def preprocess(
         num_dropped = int((~known).sum())
         if events.empty:
             raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
-    policy = policy or EventPolicy()
     events, num_duplicates = order_and_deduplicate(events, policy.dedupe)
     events["split"] = split_by_time(events, policy.negative_events)
     item_index = {item_id: index + 1 for index, item_id in enumerate(items["item_id"])}

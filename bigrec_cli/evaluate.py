@@ -11,6 +11,7 @@ from bigrec_cli.artifacts import load_run, run_scorer
 from bigrec_cli.baselines import EASE, ItemKNN, PersonalFrequency, interaction_matrix, make_baselines
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, load_events
 from bigrec_cli.errors import DataError
+from bigrec_cli.events import token_items
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
 from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json
 from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
@@ -31,7 +32,7 @@ def sampled_classification(
         probs = scorer.probabilities(left_pad(histories, max_len))
         for row, history in enumerate(histories):
             target = cases.targets[start + row] - 1
-            forbidden = set((history - 1).tolist()) | {int(target)}
+            forbidden = set((token_items(history) - 1).tolist()) | {int(target)}
             negatives = [
                 column for column in rng.integers(0, num_items, size=num_negatives * 2) if column not in forbidden
             ]
@@ -70,7 +71,7 @@ def baseline_ranks(
             rows = case_rows[start : start + 1024]
             scores = baseline.score((counts if getattr(baseline, "uses_counts", False) else matrix)[rows])
             excluded = (
-                [history_items - 1 for history_items in cases.histories[start : start + 1024]]
+                [token_items(history_items) - 1 for history_items in cases.histories[start : start + 1024]]
                 if exclude_history
                 else None
             )
@@ -131,8 +132,8 @@ def evaluate(
     run = load_run(run_dir or project.current_run_dir())
     scorer = run_scorer(run)
     max_len = run.config.max_len
-    events = indexed_events(load_events(project), run.item_ids)
     policy = event_policy(project)
+    events = indexed_events(load_events(project), run.item_ids, run.event_types)
     exclude = policy.exclude_history
     cases = holdout_cases(events, SPLIT_TEST)
     if not cases.user_ids:

@@ -26,6 +26,35 @@ TIMESTAMP_HINT = "use Unix seconds or ISO-8601 such as 2024-05-01T12:00:00Z"
 FUTURE_MARGIN_DAYS = 366.0  # events later than now + this are refused (BIGREC_FUTURE_MARGIN_DAYS overrides it)
 
 
+# A behaviour sequence is one int64 array of tokens: item index + event type × TYPE_STRIDE. Type 0 (the data's most
+# common positive type) leaves the token equal to the item index, so data with one event type reads as before.
+TYPE_STRIDE = 1 << 32
+LOW_RATING_EVENT = "dislike"  # what `--min-rating` makes of a lower rating: negative behaviour (a default negative)
+
+
+def token_items(tokens: np.ndarray) -> np.ndarray:
+    """The item index of each sequence token (0 is padding)."""
+    return np.asarray(tokens, dtype="int64") % TYPE_STRIDE
+
+
+def token_types(tokens: np.ndarray) -> np.ndarray:
+    """The event type id of each sequence token."""
+    return np.asarray(tokens, dtype="int64") // TYPE_STRIDE
+
+
+def map_event_types(events: pd.DataFrame, event_map: dict[str, str], min_rating: float | None) -> pd.DataFrame:
+    """Rename raw event values to types (`event_map`, e.g. view → click) and, with `min_rating`, make events rated
+    below it negative behaviour (`dislike`). Both doors (preprocess, feedback) call this, so types agree."""
+    if not event_map and min_rating is None:
+        return events
+    events = events.copy()
+    if event_map:
+        events["event"] = events["event"].map(lambda value: event_map.get(value, value))
+    if min_rating is not None and "rating" in events.columns:
+        events.loc[events["rating"].to_numpy() < min_rating, "event"] = LOW_RATING_EVENT
+    return events
+
+
 def latest_timestamp() -> float:
     """The latest timestamp an event may carry: now plus the future margin."""
     margin = float(os.environ.get("BIGREC_FUTURE_MARGIN_DAYS", FUTURE_MARGIN_DAYS))

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from bigrec_cli.data import catalog_item_ids
+from bigrec_cli.data import EventPolicy, catalog_item_ids, event_policy
 from bigrec_cli.errors import ArtifactError, DataError, StoreBusyError
 from bigrec_cli.events import frame_from_objects, validate_events
 from bigrec_cli.project import ProjectDir
@@ -102,17 +102,21 @@ class RowError(ValueError):
     """A row that cannot be stored; the message is its rejection reason."""
 
 
-def parse_rows(rows: list[Row], now: float) -> tuple[list[tuple[Row, ParsedEvent]], list[dict[str, Any]]]:
+def parse_rows(
+    rows: list[Row], now: float, policy: EventPolicy | None = None
+) -> tuple[list[tuple[Row, ParsedEvent]], list[dict[str, Any]]]:
     """Validate rows with the event rules of `bigrec_cli.events`; return the valid ones and a rejection per bad one.
 
     Args:
         rows: Decoded rows.
         now: The timestamp given to rows without one.
+        policy: The project's event policy: its event map and rating threshold turn raw values into types, as
+            `preprocess` did.
     """
     frame, type_errors = frame_from_objects(row.values for row in rows)
     check = validate_events(frame, default_timestamp=now)
     reasons = check.row_reasons()
-    events = check.events
+    events = check.events if policy is None else policy.map_events(check.events)
     texts = {name: _cells(frame, name) for name in ("event_id", "timestamp", "weight", "title", "text", "description")}
     columns = {name: events[name].tolist() for name in ("user_id", "item_id", "event", "timestamp", "weight")}
     accepted, rejections = [], []
@@ -241,6 +245,7 @@ def ingest(
         known_items=catalog_item_ids(project),
         rejects_path=None if all_or_nothing else project.rejects_path,
         all_or_nothing=all_or_nothing,
+        policy=event_policy(project),
     )
 
 
@@ -342,11 +347,12 @@ class FeedbackStore:
         known_items: frozenset[str] | set[str],
         rejects_path: Path | None,
         all_or_nothing: bool = False,
+        policy: EventPolicy | None = None,
     ) -> IngestSummary:
         """Store valid rows in one transaction; with `all_or_nothing`, one bad row stores nothing."""
         now = time.time()
         summary = IngestSummary(num_rows=len(rows))
-        parsed, rejections = parse_rows(rows, now)
+        parsed, rejections = parse_rows(rows, now, policy)
         summary.rejections = rejections
         if not (all_or_nothing and rejections):
             with self.errors():

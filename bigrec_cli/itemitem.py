@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sparse
 
 from bigrec_cli.errors import ArtifactError
+from bigrec_cli.events import token_items
 from bigrec_cli.vectors import load_arrays, save_arrays
 
 # Scoring with a fitted term (recommend, serve) needs scipy.sparse only; fitting it (train) imports the baselines,
@@ -50,7 +51,7 @@ class ItemItem:
     def scores(self, sequences: np.ndarray) -> np.ndarray:
         """(users, items) term for items 1…N: α · Σ over each row's distinct items of S[item, ·]."""
         rows = np.repeat(np.arange(len(sequences)), sequences.shape[1])
-        columns = sequences.ravel()
+        columns = token_items(sequences).ravel()
         present = columns > 0
         history = sparse.csr_matrix(
             (np.ones(int(present.sum()), dtype="float32"), (rows[present], columns[present])),
@@ -92,9 +93,9 @@ class ItemItem:
 
 
 def history_matrix(sequences: dict[str, np.ndarray], num_items: int) -> sparse.csr_matrix:
-    """Binary users × items (columns 0…N-1 for items 1…N) from index sequences."""
+    """Binary users × items (columns 0…N-1 for items 1…N) from token sequences."""
     rows = np.repeat(np.arange(len(sequences)), [len(sequence) for sequence in sequences.values()])
-    columns = np.concatenate(list(sequences.values())) - 1 if sequences else np.zeros(0, dtype="int64")
+    columns = token_items(np.concatenate(list(sequences.values()))) - 1 if sequences else np.zeros(0, dtype="int64")
     matrix = sparse.csr_matrix(
         (np.ones(len(rows), dtype="float32"), (rows, columns)), shape=(len(sequences), num_items)
     )

@@ -12,6 +12,7 @@ import numpy as np
 
 from bigrec_cli.backend import keras, tf
 from bigrec_cli.config import TrainConfig
+from bigrec_cli.events import TYPE_STRIDE
 from bigrec_cli.scoring import LSTM_ACTIVATION, LSTM_RECURRENT_ACTIVATION, ScorerWeights
 
 
@@ -93,10 +94,18 @@ class SequenceRecommender(keras.Model):
     an item bias; so scoring the whole catalog for one user is one LSTM pass and one matrix product.
     """
 
-    def __init__(self, config: TrainConfig, item_table: ItemTable, num_sampled_items: int, **kwargs) -> None:
+    def __init__(
+        self, config: TrainConfig, item_table: ItemTable, num_sampled_items: int, num_event_types: int = 1, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.config = config
         self.items = item_table
+        # What kind of behaviour each step was (click, purchase, cancel, …): a learned vector added to the item's.
+        # Type 0, the data's most common positive type, is the reference and stays zero, so with one type the model
+        # is exactly the model without types.
+        self.event_types = self.add_weight(
+            name="event_types", shape=(max(num_event_types, 1), config.dim), initializer="zeros"
+        )
         self.dropout = keras.layers.Dropout(config.dropout)
         # Spelled out because the numpy scorer repeats this computation (gate order: scoring.LSTM_GATES).
         self.lstm = keras.layers.LSTM(
@@ -118,10 +127,17 @@ class SequenceRecommender(keras.Model):
     def get_config(self) -> dict:
         return {"config": self.config.to_dict()}
 
+    def step_vectors(self, tokens: "tf.Tensor", training: bool = False) -> "tf.Tensor":
+        """The LSTM's input for sequence tokens (item index + type × TYPE_STRIDE): item vector + event type vector."""
+        tokens = tf.cast(tokens, tf.int64)
+        items, types = tf.math.floormod(tokens, TYPE_STRIDE), tf.math.floordiv(tokens, TYPE_STRIDE)
+        type_vectors = tf.gather(self.event_types, types) * tf.cast(types > 0, self.event_types.dtype)[..., None]
+        return self.items(items, training=training) + type_vectors
+
     def states(self, sequences: "tf.Tensor", training: bool = False) -> "tf.Tensor":
-        """Return (batch, length, dim) user vectors after each position of left-padded sequences."""
-        vectors = self.dropout(self.items(sequences, training=training), training=training)
-        mask = tf.not_equal(sequences, 0)
+        """Return (batch, length, dim) user vectors after each position of left-padded token sequences."""
+        vectors = self.dropout(self.step_vectors(sequences, training=training), training=training)
+        mask = tf.not_equal(tf.math.floormod(tf.cast(sequences, tf.int64), TYPE_STRIDE), 0)
         hidden = self.lstm(vectors, mask=mask, training=training)
         present = tf.cast(mask, vectors.dtype)[:, :, None]
         means = tf.cumsum(vectors * present, axis=1) / tf.maximum(tf.cumsum(present, axis=1), 1.0)
@@ -141,7 +157,7 @@ class SequenceRecommender(keras.Model):
         with tf.GradientTape() as tape:
             candidates = tf.concat([targets[:, :, None], negatives], axis=-1)
             logits = self((sequences, candidates), training=True)
-            loss = sampled_bce(logits, targets, negatives, self.positive_weight)
+            loss = sampled_bce(logits, targets, negatives, self.positive_weight, data.get("weights"))
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return {"loss": loss}
@@ -166,17 +182,33 @@ def positive_weight(config: TrainConfig, num_items: int) -> float:
     return float(alpha * (config.gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha))
 
 
-def sampled_bce(logits: "tf.Tensor", targets: "tf.Tensor", negatives: "tf.Tensor", beta: float) -> "tf.Tensor":
-    """Binary cross-entropy of the sigmoid over positions with a target; negatives equal to it are ignored."""
+def sampled_bce(
+    logits: "tf.Tensor",
+    targets: "tf.Tensor",
+    negatives: "tf.Tensor",
+    beta: float,
+    weights: "tf.Tensor | None" = None,
+) -> "tf.Tensor":
+    """Binary cross-entropy of the sigmoid over positions with a target; negatives equal to it are ignored.
+
+    With `weights` (batch, length), each position's loss (its positive and its negatives) counts in proportion to
+    its weight: the loss is Σ wₚ·lossₚ / Σ wₚ, so a purchase of weight 3 pulls three times as hard as a click of 1.
+    """
     valid = tf.cast(tf.not_equal(targets, 0), logits.dtype)
-    negative_valid = tf.cast(tf.not_equal(negatives, targets[:, :, None]), logits.dtype) * valid[:, :, None]
+    if weights is not None:
+        valid = valid * tf.cast(weights, logits.dtype)
+    negative_valid = tf.cast(tf.not_equal(negatives, targets[:, :, None]), logits.dtype)
     positive_loss = beta * tf.nn.softplus(-logits[:, :, 0])
     negative_loss = tf.reduce_sum(tf.nn.softplus(logits[:, :, 1:]) * negative_valid, axis=-1)
-    return tf.reduce_sum((positive_loss + negative_loss) * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+    return tf.reduce_sum((positive_loss + negative_loss) * valid) / tf.maximum(tf.reduce_sum(valid), 1e-9)
 
 
 def build_model(
-    config: TrainConfig, text_vectors: np.ndarray, bert=None, token_table: np.ndarray | None = None
+    config: TrainConfig,
+    text_vectors: np.ndarray,
+    bert=None,
+    token_table: np.ndarray | None = None,
+    num_event_types: int = 1,
 ) -> SequenceRecommender:
     """Build and compile the model for a catalog.
 
@@ -185,6 +217,7 @@ def build_model(
         text_vectors: (num_items + 1, text_dim) frozen BERT vectors, row 0 padding.
         bert: With `config.fine_tune_bert`, the bert4keras encoder to train end to end.
         token_table: With `bert`, the token ids of every item.
+        num_event_types: How many event types the sequences hold (see `protocol.event_vocabulary`).
 
     Returns:
         A compiled SequenceRecommender whose weights exist.
@@ -198,7 +231,9 @@ def build_model(
         id_dropout=config.id_dropout,
         name="items",
     )
-    model = SequenceRecommender(config, table, num_sampled_items=text_vectors.shape[0] - 1)
+    model = SequenceRecommender(
+        config, table, num_sampled_items=text_vectors.shape[0] - 1, num_event_types=num_event_types
+    )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
     dummy = np.zeros((1, 2), dtype="int64")
     model((dummy, dummy[:, :, None]))
@@ -230,6 +265,7 @@ def export_scorer_weights(model: SequenceRecommender, batch_size: int = 256) -> 
         user_kernel=model.user_projection.kernel.numpy(),
         user_bias=model.user_projection.bias.numpy(),
         history_kernel=model.history_projection.kernel.numpy(),
+        type_embedding=np.concatenate([np.zeros((1, model.config.dim)), model.event_types.numpy()[1:]]),
         head_kernel=model.head.kernel.numpy(),
         head_bias=model.head.bias.numpy(),
         cold_item_bias=np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])]),
@@ -287,4 +323,6 @@ def warm_start(
     model.lstm.cell.set_weights([weights.lstm_kernel, weights.lstm_recurrent_kernel, weights.lstm_bias])
     model.user_projection.set_weights([weights.user_kernel, weights.user_bias])
     model.history_projection.set_weights([weights.history_kernel])
+    if weights.type_embedding.shape == tuple(model.event_types.shape):  # the same event types as before
+        model.event_types.assign(weights.type_embedding)
     model.head.set_weights([weights.head_kernel, weights.head_bias])

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.data import SPLIT_NEGATIVE, SPLIT_TRAIN, SPLIT_VALID
+from bigrec_cli.events import TYPE_STRIDE, token_items
 from bigrec_cli.metrics import CUTOFFS, ranking_report, ranks_of_targets
 from bigrec_cli.scoring import Scorer
 
@@ -32,17 +33,55 @@ class HoldoutCases:
     targets: np.ndarray
 
 
-def indexed_events(events: pd.DataFrame, item_ids: list[str]) -> pd.DataFrame:
-    """Return events whose item is in `item_ids`, with `index` = position in item_ids + 1."""
+def event_vocabulary(events: pd.DataFrame, negative_events: tuple[str, ...]) -> list[str]:
+    """The event types a run reads, in the order of their ids: the most frequent positive type first (id 0, whose
+    tokens are plain item indices), then the other positive types, then the negative ones, each by name."""
+    if "event" not in events.columns or events.empty:
+        return []
+    counts = events["event"].value_counts()
+    positive = sorted((name for name in counts.index if name not in negative_events), key=lambda n: (-counts[n], n))
+    negative = sorted(name for name in counts.index if name in negative_events)
+    return [*positive, *negative]
+
+
+def indexed_events(events: pd.DataFrame, item_ids: list[str], event_types: list[str] | None = None) -> pd.DataFrame:
+    """Return events whose item is in `item_ids`, with `index` = position in item_ids + 1 and `token` = the index
+    plus the event type's id × TYPE_STRIDE (what the LSTM reads).
+
+    Args:
+        events: Events sorted by user, then time.
+        item_ids: The run's items.
+        event_types: The run's event types (id = position). Positive types it does not know read as type 0;
+            negative events (split `negative`) of a type it does not know are left out of the sequences (`readable`).
+    """
     index_of = pd.Series(np.arange(1, len(item_ids) + 1), index=pd.Index(item_ids))
     known = events[events["item_id"].isin(index_of.index)]
-    return known.assign(index=index_of.reindex(known["item_id"]).to_numpy())
+    index = index_of.reindex(known["item_id"]).to_numpy()
+    kinds = known["event"] if "event" in known.columns else pd.Series("", index=known.index)
+    type_of = pd.Series(np.arange(len(event_types or ())), index=pd.Index(event_types or (), dtype=object))
+    type_id = type_of.reindex(kinds).to_numpy()
+    readable = ~np.isnan(type_id)
+    token = index + np.nan_to_num(type_id, nan=0.0).astype("int64") * TYPE_STRIDE
+    return known.assign(index=index, token=token, readable=readable)
 
 
-def user_sequences(events: pd.DataFrame, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Return each user's item indices in the given splits, oldest first (events must be sorted by user, time)."""
-    chosen = events[events["split"].isin(splits)]
-    return {user: group.to_numpy() for user, group in chosen.groupby("user_id", sort=True)["index"]}
+def user_sequences(events: pd.DataFrame, splits: tuple[str, ...], column: str = "token") -> dict[str, np.ndarray]:
+    """Return each user's sequence over the given splits, oldest first (events must be sorted by user, time).
+
+    Negative events (split `negative`) the run can read join the sequence when they come before the user's first
+    event of a later split (a cancellation after the held-out purchase is not history). `column`: `token` (what
+    the LSTM reads), `index` (items) or any per-event column.
+    """
+    if "token" not in events.columns:
+        events = events.assign(token=events["index"], readable=True)
+    later = ~events["split"].isin((*splits, SPLIT_NEGATIVE)).to_numpy()
+    position = np.arange(len(events))
+    first_later = (
+        pd.Series(np.where(later, position, len(events))).groupby(events["user_id"].to_numpy()).transform("min")
+    )
+    negative = (events["split"] == SPLIT_NEGATIVE).to_numpy() & events["readable"].to_numpy(dtype=bool)
+    chosen = events[events["split"].isin(splits).to_numpy() | (negative & (position < first_later.to_numpy()))]
+    return {user: group.to_numpy() for user, group in chosen.groupby("user_id", sort=True)[column]}
 
 
 def holdout_cases(events: pd.DataFrame, target_split: str) -> HoldoutCases:
@@ -55,24 +94,57 @@ def holdout_cases(events: pd.DataFrame, target_split: str) -> HoldoutCases:
     return HoldoutCases(user_ids, [histories.get(user, empty) for user in user_ids], targets["index"].to_numpy())
 
 
-def training_windows(sequences: dict[str, np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut sequences into left-padded (input, next-item target) windows that cover every position once.
+def scaled_weights(weights: np.ndarray, scale: str) -> np.ndarray:
+    """How much the `weight` column (e.g. a quantity) scales an event in the loss.
 
-    A sequence of n items gives n − 1 training positions, in windows of `max_len` counted from its end.
+    `log` (the default) gives 1 + ln(weight) from weight 1 up (2 units count 1.69, 100 units 5.6: a bulk order does
+    not drown everything else) and the weight itself below 1; `linear` the weight as it is; `ignore` 1. Weights
+    below 0 count 0.
     """
-    inputs, targets = [], []
-    for sequence in sequences.values():
+    weights = np.clip(np.asarray(weights, dtype="float64"), 0.0, None)
+    if scale == "ignore":
+        return np.ones_like(weights)
+    if scale == "linear":
+        return weights
+    return np.where(weights >= 1.0, 1.0 + np.log(np.maximum(weights, 1.0)), weights)
+
+
+def loss_weights(events: pd.DataFrame, event_weights: dict[str, float], scale: str, negative_events: tuple[str, ...]):
+    """Each event's weight as a training target: its type's weight × its scaled `weight` column; 0 if negative."""
+    kinds = events["event"] if "event" in events.columns else pd.Series("", index=events.index)
+    by_type = kinds.map(lambda kind: event_weights.get(kind, 1.0)).to_numpy(dtype="float64")
+    column = events["weight"].to_numpy(dtype="float64") if "weight" in events.columns else np.ones(len(events))
+    weights = by_type * scaled_weights(column, scale)
+    weights[kinds.isin(negative_events).to_numpy()] = 0.0
+    return weights
+
+
+def training_windows(
+    sequences: dict[str, np.ndarray], max_len: int, weights: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut sequences into left-padded (input tokens, next item, next item's loss weight) windows that cover every
+    position once. A sequence of n events gives n − 1 training positions, in windows of `max_len` counted from its
+    end; a target whose weight is 0 (a negative event) is read as input but never predicted.
+    """
+    inputs, targets, target_weights = [], [], []
+    for user, sequence in sequences.items():
+        items = token_items(sequence)
+        weight = weights[user] if weights is not None else np.ones(len(sequence))
         for end in range(len(sequence) - 1, 0, -max_len):
             start = max(0, end - max_len)
             window_input = np.zeros(max_len, dtype="int64")
             window_target = np.zeros(max_len, dtype="int64")
+            window_weight = np.zeros(max_len, dtype="float32")
             window_input[max_len - (end - start) :] = sequence[start:end]
-            window_target[max_len - (end - start) :] = sequence[start + 1 : end + 1]
+            window_target[max_len - (end - start) :] = items[start + 1 : end + 1]
+            window_weight[max_len - (end - start) :] = weight[start + 1 : end + 1]
+            window_target[window_weight == 0] = 0
             inputs.append(window_input)
             targets.append(window_target)
+            target_weights.append(window_weight)
     if not inputs:
-        return np.zeros((0, max_len), "int64"), np.zeros((0, max_len), "int64")
-    return np.stack(inputs), np.stack(targets)
+        return np.zeros((0, max_len), "int64"), np.zeros((0, max_len), "int64"), np.zeros((0, max_len), "float32")
+    return np.stack(inputs), np.stack(targets), np.stack(target_weights)
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -94,7 +166,7 @@ def scorer_ranks(
     for start in range(0, len(cases.user_ids), batch_size):
         stop = start + batch_size
         logits = scorer.logits(left_pad(cases.histories[start:stop], max_len))
-        excluded = [history - 1 for history in cases.histories[start:stop]] if exclude_history else None
+        excluded = [token_items(history) - 1 for history in cases.histories[start:stop]] if exclude_history else None
         ranks.append(ranks_of_targets(logits, cases.targets[start:stop] - 1, excluded))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
 
@@ -113,7 +185,10 @@ def scorer_report(
 __all__ = [
     "PROTOCOL",
     "HoldoutCases",
+    "event_vocabulary",
     "indexed_events",
+    "loss_weights",
+    "scaled_weights",
     "user_sequences",
     "holdout_cases",
     "training_windows",

@@ -134,8 +134,7 @@ class Recommender:
         last_seen = self._event_times[[stop - 1 for _, stop in self._spans.values()]]
         chosen = [users[row] for row in np.argsort(-last_seen, kind="stable")[: min(max_users, STATE_CACHE_SIZE)]]
         for start in range(0, len(chosen), batch_size):
-            histories = self.histories(chosen[start : start + batch_size])
-            self._user_states(self.scorer.encode_sequences(histories, self.max_len))
+            self._user_states(self.encode(self.sequences(chosen[start : start + batch_size])))
         return len(chosen)
 
     def behaviour(self, user_ids: list[str]) -> list[list[tuple[str, float, str]]]:
@@ -159,17 +158,30 @@ class Recommender:
             result.append(sorted([*base, *extra], key=lambda row: row[1]))
         return result
 
-    def histories(self, user_ids: list[str]) -> list[list[str]]:
-        """The item sequences the LSTM reads: positive events in time order (every event, or with the project's
-        `--dedupe latest` each item once at its latest); negative events are left out."""
-        return [self._positives(rows) for rows in self.behaviour(user_ids)]
+    def sequences(self, user_ids: list[str]) -> list[list[tuple[str, str]]]:
+        """The (item, event type) sequences the LSTM reads, in time order (see `_sequence`)."""
+        return [self._sequence(rows) for rows in self.behaviour(user_ids)]
+
+    def _sequence(self, rows: list[tuple[str, float, str]]) -> list[tuple[str, str]]:
+        """Every positive event, and every negative one whose type the run learned (a model trained before event
+        types never saw negatives); with the project's `--dedupe latest`, each item once at its latest event."""
+        negative, known = self.policy.negative_events, self.scorer.type_of
+        steps = [(item, event) for item, _, event in rows if event not in negative or event in known]
+        if self.policy.dedupe != "latest":
+            return steps
+        latest = {item: position for position, (item, _) in enumerate(steps)}
+        return [steps[position] for position in sorted(latest.values())]
 
     def _positives(self, rows: list[tuple[str, float, str]]) -> list[str]:
-        items = [item for item, _, event in rows if event not in self.policy.negative_events]
-        if self.policy.dedupe != "latest":
-            return items
-        latest = {item: position for position, item in enumerate(items)}
-        return [item for item, _ in sorted(latest.items(), key=lambda entry: entry[1])]
+        """The items of the user's positive events, each once (the history that `--repeats exclude` keeps out)."""
+        return list(dict.fromkeys(item for item, _, event in rows if event not in self.policy.negative_events))
+
+    def encode(self, sequences: list[list[tuple[str, str]]]) -> np.ndarray:
+        return self.scorer.encode_sequences(
+            [[item for item, _ in steps] for steps in sequences],
+            self.max_len,
+            [[event for _, event in steps] for steps in sequences],
+        )
 
     def _rejected(self, rows: list[tuple[str, float, str]]) -> list[str]:
         """Items whose latest event is negative (cancelled, returned, disliked): never recommended right back."""
@@ -221,16 +233,16 @@ class Recommender:
             exclude_seen = self.policy.exclude_history
         allowed = self.candidates(tuple(where), tuple(exclude))
         behaviour = self.behaviour(user_ids)
-        histories = [self._positives(rows) for rows in behaviour]
-        blocked = [
-            (history if exclude_seen else []) + self._rejected(rows) for history, rows in zip(histories, behaviour)
+        histories = [self._sequence(rows) for rows in behaviour]
+        blocked = [(self._positives(rows) if exclude_seen else []) + self._rejected(rows) for rows in behaviour]
+        warm = [
+            row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item, _ in history)
         ]
-        warm = [row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item in history)]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:
             # Batch users of similar history length together: fewer padded LSTM steps.
             warm.sort(key=lambda row: len(histories[row]))
-            sequences = self.scorer.encode_sequences([histories[row] for row in warm], self.max_len)
+            sequences = self.encode([histories[row] for row in warm])
             states = self._user_states(sequences)
             for start in range(0, len(warm), 512):
                 rows = warm[start : start + 512]
@@ -252,17 +264,18 @@ class Recommender:
                 self._explain(answer, histories[row])
         return answers
 
-    def _explain(self, answer: dict, history: list[str], top: int = 3) -> None:
+    def _explain(self, answer: dict, history: list[tuple[str, str]], top: int = 3) -> None:
         """Add `because` to each item: the history items whose removal lowers its logit most (occlusion).
 
         One batched pass: the history with each of its last `max_len` items left out in turn, scored for the
         recommended items only.
         """
-        known = [item for item in history if item in self.scorer.index_of][-self.max_len :]
+        steps = [step for step in history if step[0] in self.scorer.index_of][-self.max_len :]
+        known = [item for item, _ in steps]
         if not known or not answer["items"]:
             return
-        variants = [known[:position] + known[position + 1 :] for position in range(len(known))]
-        sequences = self.scorer.encode_sequences([known, *variants], self.max_len)
+        variants = [steps[:position] + steps[position + 1 :] for position in range(len(steps))]
+        sequences = self.encode([steps, *variants])
         states = self.scorer.user_states(sequences)
         columns = np.array([self.scorer.index_of[item["item_id"]] for item in answer["items"]])
         logits = states @ self.scorer.output_vectors[columns].T + self.scorer.output_bias[columns]

@@ -52,9 +52,10 @@ def holdout_reports(project: ProjectDir, run_dir: Path, events) -> dict[str, dic
     """Score a run on the validation and test splits of `events` (today's data, feedback folded in)."""
     run = load_run(run_dir)
     scorer = live_scorer(project, run)
-    indexed = indexed_events(events, scorer.item_ids)
+    policy = event_policy(project)
+    indexed = indexed_events(events, scorer.item_ids, run.event_types)
     max_len = run.config.max_len
-    exclude = event_policy(project).exclude_history
+    exclude = policy.exclude_history
     return {
         "valid": scorer_report(scorer, holdout_cases(indexed, SPLIT_VALID), max_len, exclude_history=exclude),
         "test": scorer_report(scorer, holdout_cases(indexed, SPLIT_TEST), max_len, exclude_history=exclude),

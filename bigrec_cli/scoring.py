@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bigrec_cli.errors import ArtifactError
+from bigrec_cli.events import TYPE_STRIDE, token_items, token_types
 from bigrec_cli.vectors import load_arrays, save_arrays
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ScorerWeights:
     user_kernel: np.ndarray  # (units, dim)
     user_bias: np.ndarray  # (dim,)
     history_kernel: np.ndarray  # (dim, dim): the mean of the history's item vectors, into the user vector
+    type_embedding: np.ndarray  # (types, dim): added to the item vector of each step by its event type; row 0 zero
     head_kernel: np.ndarray  # (dim, 1)
     head_bias: np.ndarray  # (1,)
     cold_item_bias: np.ndarray  # (1,)
@@ -72,6 +74,7 @@ class ScorerWeights:
             "user_kernel": (units, dim),
             "user_bias": (dim,),
             "history_kernel": (dim, dim),
+            "type_embedding": (self.type_embedding.shape[0], dim),
             "head_kernel": (dim, 1),
             "head_bias": (1,),
             "cold_item_bias": (1,),
@@ -91,6 +94,8 @@ class ScorerWeights:
             arrays["cold_item_bias"] = np.median(arrays["item_bias"][1:], keepdims=True)
         if "history_kernel" not in arrays and "user_bias" in arrays:  # runs written before it existed
             arrays["history_kernel"] = np.zeros((len(arrays["user_bias"]),) * 2, dtype="float32")
+        if "type_embedding" not in arrays and "projection_bias" in arrays:  # runs written before event types
+            arrays["type_embedding"] = np.zeros((1, len(arrays["projection_bias"])), dtype="float32")
         names = {item.name for item in fields(cls)}
         if set(arrays) != names:
             missing, unknown = sorted(names - set(arrays)), sorted(set(arrays) - names)
@@ -119,9 +124,17 @@ class Scorer:
     Args:
         weights: The exported weights; row 0 of the item arrays is padding.
         item_ids: Item id of rows 1…N.
+        item_item: The run's item-to-item term, if it has one.
+        event_types: The run's event types; a type's position is its id in the tokens of a sequence.
     """
 
-    def __init__(self, weights: ScorerWeights, item_ids: list[str], item_item: ItemItem | None = None) -> None:
+    def __init__(
+        self,
+        weights: ScorerWeights,
+        item_ids: list[str],
+        item_item: ItemItem | None = None,
+        event_types: list[str] | None = None,
+    ) -> None:
         if len(item_ids) + 1 != weights.text_vectors.shape[0]:
             raise ArtifactError(
                 f"the scorer has {weights.text_vectors.shape[0] - 1} items, the vocabulary {len(item_ids)}",
@@ -131,6 +144,8 @@ class Scorer:
         self.item_item = item_item if item_item is not None and item_item.alpha else None
         self.item_ids = list(item_ids)
         self.index_of = {item_id: index + 1 for index, item_id in enumerate(self.item_ids)}
+        self.event_types = list(event_types or [])[: weights.type_embedding.shape[0]]
+        self.type_of = {name: position for position, name in enumerate(self.event_types)}
         self._refresh()
 
     def _refresh(self) -> None:
@@ -140,8 +155,12 @@ class Scorer:
         self.input_vectors = vectors.astype("float32")
         self.output_vectors = (vectors * w.head_kernel[:, 0]).astype("float32")
         self.output_bias = (w.item_bias + w.head_bias[0]).astype("float32")
-        # The LSTM's input transform depends only on the item: apply it once per item, not once per step and user.
+        # The LSTM's input transform depends only on the item and the type: apply it once per item and once per
+        # type, not once per step and user.
         self.input_gates = (self.input_vectors @ w.lstm_kernel + w.lstm_bias).astype("float32")
+        self.type_vectors = w.type_embedding.copy()
+        self.type_vectors[0] = 0.0
+        self.type_gates = (self.type_vectors @ w.lstm_kernel).astype("float32")
 
     @property
     def num_items(self) -> int:
@@ -177,31 +196,38 @@ class Scorer:
         """
         w = self.weights
         units = w.lstm_recurrent_kernel.shape[0]
+        items, types = token_items(sequences), token_types(sequences)
+        typed = bool(types.any())
         num_users, length = sequences.shape
         hidden = np.zeros((num_users, units), dtype="float32")
         cell = np.zeros((num_users, units), dtype="float32")
-        present = sequences > 0
+        present = items > 0
         starts = np.where(present.any(axis=1), np.argmax(present, axis=1), length)
         if not present[np.arange(length)[None, :] >= starts[:, None]].all():
-            return self._user_states_with_gaps(sequences)
+            return self._user_states_with_gaps(items, types)
         # Rows sorted by where their sequence starts: at each step the rows already started are a prefix, so
         # the step runs on that prefix only (no work, no masking for rows still in their padding).
         order = np.argsort(starts, kind="stable")
-        sorted_starts, rows = starts[order], sequences[order]
+        sorted_starts, rows, row_types = starts[order], items[order], types[order]
         recurrent = w.lstm_recurrent_kernel
         for step in range(int(sorted_starts[0]) if num_users else length, length):
             active = int(np.searchsorted(sorted_starts, step, side="right"))
             gates = self.input_gates[rows[:active, step]]
+            if typed:
+                gates += self.type_gates[row_types[:active, step]]
             gates += hidden[:active] @ recurrent
             self._lstm_step(gates, hidden[:active], cell[:active], units)
         states = np.empty_like(hidden)
         states[order] = hidden
-        return states @ w.user_kernel + w.user_bias + self._history_means(sequences) @ w.history_kernel
+        return states @ w.user_kernel + w.user_bias + self._history_means(items, types) @ w.history_kernel
 
-    def _history_means(self, sequences: np.ndarray) -> np.ndarray:
-        """The mean item vector of each row's items (padding excluded; zeros for an empty row)."""
-        counts = np.maximum((sequences > 0).sum(axis=1, keepdims=True), 1).astype("float32")
-        return self.input_vectors[sequences].sum(axis=1) / counts
+    def _history_means(self, items: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """The mean step vector (item + event type) of each row (padding excluded; zeros for an empty row)."""
+        counts = np.maximum((items > 0).sum(axis=1, keepdims=True), 1).astype("float32")
+        total = self.input_vectors[items].sum(axis=1)
+        if types.any():
+            total += (self.type_vectors[types] * (items > 0)[..., None]).sum(axis=1)
+        return total / counts
 
     @staticmethod
     def _lstm_step(gates: np.ndarray, hidden: np.ndarray, cell: np.ndarray, units: int) -> None:
@@ -212,20 +238,21 @@ class Scorer:
         cell += recurrent(gates[:, block["input"]]) * activation(gates[:, block["candidate"]])
         np.multiply(recurrent(gates[:, block["output"]]), activation(cell), out=hidden)
 
-    def _user_states_with_gaps(self, sequences: np.ndarray) -> np.ndarray:
+    def _user_states_with_gaps(self, items: np.ndarray, types: np.ndarray) -> np.ndarray:
         """The same LSTM for rows with padding inside them: a padded step leaves that row's state as it was."""
         w = self.weights
         units = w.lstm_recurrent_kernel.shape[0]
-        hidden = np.zeros((len(sequences), units), dtype="float32")
-        cell = np.zeros((len(sequences), units), dtype="float32")
-        for step in range(sequences.shape[1]):
-            active = sequences[:, step] > 0
+        hidden = np.zeros((len(items), units), dtype="float32")
+        cell = np.zeros((len(items), units), dtype="float32")
+        for step in range(items.shape[1]):
+            active = items[:, step] > 0
             new_hidden, new_cell = hidden.copy(), cell.copy()
-            gates = self.input_gates[sequences[:, step]] + hidden @ w.lstm_recurrent_kernel
+            gates = self.input_gates[items[:, step]] + self.type_gates[types[:, step]]
+            gates += hidden @ w.lstm_recurrent_kernel
             self._lstm_step(gates, new_hidden, new_cell, units)
             hidden = np.where(active[:, None], new_hidden, hidden)
             cell = np.where(active[:, None], new_cell, cell)
-        return hidden @ w.user_kernel + w.user_bias + self._history_means(sequences) @ w.history_kernel
+        return hidden @ w.user_kernel + w.user_bias + self._history_means(items, types) @ w.history_kernel
 
     def logits(self, sequences: np.ndarray) -> np.ndarray:
         """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1)."""
@@ -243,11 +270,19 @@ class Scorer:
         """Return the sigmoid engagement probabilities, (num_users, num_items)."""
         return sigmoid(self.logits(sequences))
 
-    def encode_sequences(self, histories: list[list[str]], max_len: int) -> np.ndarray:
-        """Turn item-id histories into left-padded index rows of the last `max_len` known items."""
+    def encode_sequences(
+        self, histories: list[list[str]], max_len: int, types: list[list[str]] | None = None
+    ) -> np.ndarray:
+        """Turn item-id histories (and their event types) into left-padded token rows of the last `max_len` known
+        items; a type the run does not know reads as type 0."""
         rows = np.zeros((len(histories), max_len), dtype="int64")
         for row, history in enumerate(histories):
-            indices = [self.index_of[item] for item in history if item in self.index_of][-max_len:]
-            if indices:
-                rows[row, max_len - len(indices) :] = indices
+            kinds = types[row] if types is not None else [""] * len(history)
+            tokens = [
+                self.index_of[item] + self.type_of.get(kind, 0) * TYPE_STRIDE
+                for item, kind in zip(history, kinds)
+                if item in self.index_of
+            ][-max_len:]
+            if tokens:
+                rows[row, max_len - len(tokens) :] = tokens
         return rows

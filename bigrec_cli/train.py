@@ -14,17 +14,20 @@ import numpy as np
 from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
-from bigrec_cli.config import TrainConfig
-from bigrec_cli.data import SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
+from bigrec_cli.config import TrainConfig, parse_pairs
+from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
 from bigrec_cli.errors import DataError
+from bigrec_cli.events import token_items
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
 from bigrec_cli.protocol import (
+    event_vocabulary,
     holdout_cases,
     indexed_events,
     left_pad,
+    loss_weights,
     scorer_report,
     training_windows,
     user_sequences,
@@ -55,9 +58,12 @@ class WindowBatches(keras.utils.Sequence):
     MovieLens 100K but lowered test NDCG@10 from 0.112–0.121 to 0.102–0.104: see bench/NOTES.md.)
     """
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray, config: TrainConfig, num_items: int) -> None:
+    def __init__(
+        self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray, config: TrainConfig, num_items: int
+    ) -> None:
         super().__init__()
-        self.inputs, self.targets, self.config, self.num_items = inputs, targets, config, num_items
+        self.inputs, self.targets, self.weights = inputs, targets, weights
+        self.config, self.num_items = config, num_items
         self.cumulative = None
         if config.negative_sampling == "popularity":
             weights = np.bincount(targets.ravel(), minlength=num_items + 1)[1:].astype("float64") ** 0.75
@@ -74,10 +80,10 @@ class WindowBatches(keras.utils.Sequence):
     def __getitem__(self, batch: int) -> dict[str, np.ndarray]:
         rows = self.order[batch * self.config.batch_size : (batch + 1) * self.config.batch_size]
         rng = np.random.default_rng([self.config.seed, self.epoch, batch, 1])
-        inputs, targets = self.inputs[rows], self.targets[rows]
+        inputs, targets, weights = self.inputs[rows], self.targets[rows], self.weights[rows]
         # Windows are left-padded: drop the columns that are padding in every row of this batch.
         first = int(np.argmax(inputs.any(axis=0))) if inputs.any() else 0
-        inputs, targets = inputs[:, first:], targets[:, first:]
+        inputs, targets, weights = inputs[:, first:], targets[:, first:], weights[:, first:]
         shape = (*targets.shape, self.config.negatives)
         if self.cumulative is None:
             negatives = rng.integers(1, self.num_items + 1, size=shape)
@@ -85,7 +91,7 @@ class WindowBatches(keras.utils.Sequence):
             negatives = (
                 np.minimum(np.searchsorted(self.cumulative, rng.random(shape), side="right"), self.num_items - 1) + 1
             )
-        return {"sequences": inputs, "targets": targets, "negatives": negatives}
+        return {"sequences": inputs, "targets": targets, "negatives": negatives, "weights": weights}
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -162,9 +168,11 @@ class EarlyStopping(keras.callbacks.Callback):
         on_epoch: Callable[[dict], None] | None,
         average: WeightAverage | None = None,
         exclude_history: bool = True,
+        event_types: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.cases, self.item_ids, self.config, self.on_epoch = cases, item_ids, config, on_epoch
+        self.event_types = event_types
         self.average, self.exclude_history = average, exclude_history
         self.best_score, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict] = []
@@ -174,7 +182,10 @@ class EarlyStopping(keras.callbacks.Callback):
             exported = export_scorer_weights(self.model)
             weights = self.model.get_weights()
         report = scorer_report(
-            Scorer(exported, self.item_ids), self.cases, self.config.max_len, exclude_history=self.exclude_history
+            Scorer(exported, self.item_ids, event_types=self.event_types),
+            self.cases,
+            self.config.max_len,
+            exclude_history=self.exclude_history,
         )
         entry = {
             "epoch": epoch + 1,
@@ -211,7 +222,7 @@ def choose_item_item(
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
     padded = left_pad(cases.histories, max_len)
     logits = scorer.logits(padded)
-    excluded = [history - 1 for history in cases.histories] if exclude_history else None
+    excluded = [token_items(history) - 1 for history in cases.histories] if exclude_history else None
     train_matrix = history_matrix(sequences, scorer.num_items)
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded)
 
@@ -257,9 +268,21 @@ def train(
         raw_events = fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid), policy)
     if exclude_items:
         raw_events = raw_events[~raw_events["item_id"].isin(exclude_items)]
-    events = indexed_events(raw_events, item_ids)
+    # Event types come from the events training may see (never from the held-out ones).
+    event_types = event_vocabulary(raw_events[raw_events["split"] != SPLIT_TEST], policy.negative_events)
+    events = indexed_events(raw_events, item_ids, event_types)
+    events = events.assign(
+        loss_weight=loss_weights(
+            events,
+            parse_pairs(config.event_weights, "--event-weights", number=True),
+            config.weight_scale,
+            policy.negative_events,
+        )
+    )
     sequences = user_sequences(events, (SPLIT_TRAIN,))
-    inputs, targets = training_windows(sequences, config.max_len)
+    inputs, targets, target_weights = training_windows(
+        sequences, config.max_len, user_sequences(events, (SPLIT_TRAIN,), column="loss_weight")
+    )
     if len(inputs) == 0:
         raise DataError("no user has two training events", hint="give each user at least 4 events (3 are held out)")
     cases = holdout_cases(events, SPLIT_VALID)
@@ -276,13 +299,15 @@ def train(
 
         texts = catalog_texts(project).set_index("item_id")["text"]
         bert, token_table = _fine_tune_parts(project, [str(texts.get(item, "")) for item in item_ids])
-    model = build_model(config, table, bert=bert, token_table=token_table)
+    model = build_model(config, table, bert=bert, token_table=token_table, num_event_types=len(event_types))
     if warm_start_from is not None:
         previous = load_run(warm_start_from)
         warm_start(model, ScorerWeights.load(previous.directory / RUN_SCORER), previous.item_ids, item_ids)
-    batches = WindowBatches(inputs, targets, config, num_items=len(item_ids))
+    batches = WindowBatches(inputs, targets, target_weights, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
-    stopper = EarlyStopping(cases, item_ids, config, on_epoch, average, exclude_history=policy.exclude_history)
+    stopper = EarlyStopping(
+        cases, item_ids, config, on_epoch, average, exclude_history=policy.exclude_history, event_types=event_types
+    )
     callbacks = [stopper] if average is None else [average, stopper]
     if on_step is not None:
         callbacks.append(StepReporter(on_step, len(batches)))
@@ -290,7 +315,7 @@ def train(
         model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
-    counts = np.bincount(np.concatenate(list(sequences.values())), minlength=len(item_ids) + 1)
+    counts = np.bincount(token_items(np.concatenate(list(sequences.values()))), minlength=len(item_ids) + 1)
     cold = counts == 0
     cold[0] = False
     reset_cold_items(model, cold)
@@ -298,9 +323,9 @@ def train(
     item_item, item_item_choice = None, {"chosen": {"method": "none"}}
     if config.item_item:
         item_item, item_item_choice = choose_item_item(
-            Scorer(weights, item_ids), sequences, cases, config.max_len, policy.exclude_history
+            Scorer(weights, item_ids, event_types=event_types), sequences, cases, config.max_len, policy.exclude_history
         )
-    scorer = Scorer(weights, item_ids, item_item)
+    scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
     metrics = {f"val_{name}": value for name, value in report.items()}
     final = write_run(
@@ -310,6 +335,7 @@ def train(
         item_ids=item_ids,
         history=stopper.history,
         item_item=item_item,
+        event_types=event_types,
         metrics={
             **metrics,
             "item_item": item_item_choice["chosen"],

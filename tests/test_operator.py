@@ -61,14 +61,14 @@ def test_explain_names_history_items_by_occlusion(trained_project):
 
     recommender = Recommender(ProjectDir(trained_project))
     explained = recommender.recommend("u0001", k=3, explain=True)
-    history = recommender.histories(["u0001"])[0]
-    sequences = recommender.scorer.encode_sequences([history], recommender.max_len)
+    history = recommender.sequences(["u0001"])[0]
+    sequences = recommender.encode([history])
     full = recommender.scorer.logits(sequences)[0]
     for item in explained["items"]:
         assert item["because"], "a recommended item owes its score to some history item"
         reason = item["because"][0]
         without = recommender.scorer.logits(
-            recommender.scorer.encode_sequences([[h for h in history if h != reason["item_id"]]], recommender.max_len)
+            recommender.encode([[step for step in history if step[0] != reason["item_id"]]])
         )[0]
         column = recommender.scorer.index_of[item["item_id"]] - 1
         assert reason["contribution"] == pytest.approx(full[column] - without[column], rel=1e-4, abs=1e-5)

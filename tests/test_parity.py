@@ -45,7 +45,7 @@ def small_bert(tmp_path_factory):
     return encoder.model, table
 
 
-def randomized_model(overrides: dict, small_bert):
+def randomized_model(overrides: dict, small_bert, num_event_types: int = 1):
     from bigrec_cli.config import TrainConfig
     from bigrec_cli.model import build_model
 
@@ -55,7 +55,9 @@ def randomized_model(overrides: dict, small_bert):
     text_dim = TEXT_DIM if bert is None else int(bert.output.shape[-1])
     text_vectors = rng.normal(size=(NUM_ITEMS + 1, text_dim)).astype("float32")
     text_vectors[0] = 0.0
-    model = build_model(config, text_vectors, bert=bert, token_table=token_table)
+    model = build_model(config, text_vectors, bert=bert, token_table=token_table, num_event_types=num_event_types)
+    types_rng = np.random.default_rng(11)  # its own stream: the other weights stay those of the cases above
+    model.event_types.assign(types_rng.normal(scale=0.5, size=model.event_types.shape).astype("float32"))
     layers = (model.items, model.lstm, model.user_projection, model.history_projection, model.head)
     for variable in [variable for layer in layers for variable in layer.weights]:
         if variable.name.split("/")[-1].startswith("text_vectors"):
@@ -74,6 +76,23 @@ def test_scorer_equals_keras_model(overrides, small_bert):
     reference = model.catalog_logits(SEQUENCES)
     np.testing.assert_allclose(scorer.logits(SEQUENCES), reference, atol=1e-5, rtol=0)
     assert np.abs(reference).max() > 0.1, "random weights give logits far from zero"
+
+
+def test_scorer_equals_keras_model_with_event_types(small_bert):
+    """Tokens carry the event type (item + type × TYPE_STRIDE): both sides add the same type vector to each step."""
+    from bigrec_cli.events import TYPE_STRIDE
+    from bigrec_cli.model import export_scorer_weights
+    from bigrec_cli.scoring import Scorer
+
+    model = randomized_model({}, small_bert, num_event_types=3)
+    types = np.random.default_rng(3).integers(0, 3, size=SEQUENCES.shape) * (SEQUENCES > 0)
+    tokens = SEQUENCES + types * TYPE_STRIDE
+    scorer = Scorer(export_scorer_weights(model), [f"i{index}" for index in range(1, NUM_ITEMS + 1)])
+    reference = model.catalog_logits(tokens)
+    np.testing.assert_allclose(scorer.logits(tokens), reference, atol=1e-5, rtol=0)
+    untyped = model.catalog_logits(SEQUENCES)
+    assert np.abs(reference - untyped).max() > 0.01, "the event types change the logits"
+    np.testing.assert_allclose(scorer.logits(SEQUENCES), untyped, atol=1e-5, rtol=0)
 
 
 def test_scorer_weights_check_names_and_shapes():
