@@ -3,7 +3,8 @@
 Usage: `python bench/datasets.py [--out DIR] [--data-dir DIR] [--subsample FRACTION] NAME...`
 
 Reads `<repo>/../shared/data` (or `--data-dir`, or the environment variable BIGREC_DATA_DIR) and writes, for each
-dataset, `<out>/<name>/events.csv` (`user_id,item_id,timestamp,event,weight`), `items.csv` (`item_id,title` or
+dataset, `<out>/<name>/events.csv` (`user_id,item_id,timestamp,event,weight`; ml-100k has `rating` instead of
+`weight`), `items.csv` (`item_id,title` or
 `item_id,title,description`) and `meta.json` (counts and protocol). Rows are written in source-file order; nothing
 is shuffled, and ties in time are left for the consumer to break.
 
@@ -151,14 +152,14 @@ def online_retail_repeat(data_dir: Path) -> Dataset:
 
 def ml_100k(data_dir: Path) -> Dataset:
     """MovieLens 100K: all 100,000 ratings of u.data in file order, timestamp = Unix seconds, event = rating,
-    weight = the rating (1-5). Items as bigrec's own MovieLens reader builds them: title, and description
-    "YEAR. Genres: A, B"."""
+    and the rating (1-5) in a `rating` column (a judgement, not a quantity: `--min-rating` reads it). Items as
+    bigrec's own MovieLens reader builds them: title, and description "YEAR. Genres: A, B"."""
     from bigrec_cli.data import read_movielens_100k
 
     source = data_dir / "ml-100k"
     require(source / "u.data")
     ratings, items = read_movielens_100k(source)
-    events = ratings.rename(columns={"rating": "weight"}).assign(event="rating")[EVENT_COLUMNS]
+    events = ratings.assign(event="rating")[[*EVENT_COLUMNS[:-1], "rating"]]
     return Dataset(events, items[items["item_id"].isin(events["item_id"])], protocol_of(ml_100k))
 
 

@@ -9,8 +9,12 @@ higher than the target. Pop, ItemKNN and EASE are ranked by `bigrec evaluate` on
 ItemKNN's neighbours chosen by validation NDCG@10 (fit on train, then refit on train + validation for test).
 Seeds 0, 1, 2 (BENCH_SEEDS); mean ± population standard deviation over seeds. Suite: ml-100k (all 100,000
 MovieLens ratings as implicit events), online-retail (UCI Online Retail, novel-item protocol of its SOURCE.md),
-and their 25% user subsamples (ml-100k-25, online-retail-25). Writes bench/results/quality-<dataset>.json and the
-README table of each dataset. Reads ../shared/data; when it is absent, says so and stops.
+their 25% user subsamples (ml-100k-25, online-retail-25), and online-retail-repeat (the repeat-aware protocol:
+every purchase line kept, one per customer, item and invoice, quantity as weight, cancellations as `cancel`
+events; preprocessed with `--repeats allow`, so history items are ranked too, and the personal-frequency baseline
+joins). Also available, not in the default suite: ml-100k-min-rating-4 (`--min-rating 4`: ratings below 4 are
+negative behaviour; the test events are the users' last positive ones). Writes bench/results/quality-<dataset>.json
+and the README table of each dataset. Reads ../shared/data; when it is absent, says so and stops.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("BIGREC_DATA_DIR") or ROOT.parent / "shared" / "data")
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results"
-SUITE = ("ml-100k", "online-retail", "ml-100k-25", "online-retail-25")
+SUITE = ("ml-100k", "online-retail", "ml-100k-25", "online-retail-25", "online-retail-repeat")
+# What a user of each dataset passes to `bigrec preprocess` (and which converted data it reads, when not its own).
+PREPROCESS = {
+    "online-retail-repeat": ("online-retail-repeat", ["--repeats", "allow"]),  # consumables: repeats allowed
+    "ml-100k-min-rating-4": ("ml-100k", ["--min-rating", "4"]),  # ratings below 4 are negative behaviour
+}
 SEEDS = tuple(int(seed) for seed in os.environ.get("BENCH_SEEDS", "0,1,2").split(","))
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
-MODELS = ("bigrec", "ease", "itemknn", "pop")
+MODELS = ("bigrec", "ease", "itemknn", "pop", "personal_frequency")
 README = ROOT / "README.md"
 
 
@@ -51,12 +60,14 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def run_dataset(name: str) -> dict:
-    folder = WORK / "datasets" / name
+    source, options = PREPROCESS.get(name, (name, []))
+    folder = WORK / "datasets" / source
     if not (folder / "events.csv").exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "datasets.py"), name], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "datasets.py"), source], cwd=ROOT, check=True)
     meta = json.loads((folder / "meta.json").read_text())
     project = WORK / "quality" / name
-    bigrec(project, "preprocess", "--events", str(folder / "events.csv"), "--items", str(folder / "items.csv"))
+    events, items = str(folder / "events.csv"), str(folder / "items.csv")
+    data = json.loads(bigrec(project, "preprocess", "--events", events, "--items", items, "--json", *options))
     bigrec(project, "extract", "--bert", "minilm")
     reports, seconds = [], []
     for seed in SEEDS:
@@ -77,13 +88,16 @@ def run_dataset(name: str) -> dict:
     models["bigrec"]["train_wall_s"] = summary(seconds)
     models["bigrec"]["best_epoch"] = [report["best_epoch"] for report in reports]
     models["bigrec"]["epochs_run"] = [report["epochs_run"] for report in reports]
-    for baseline in MODELS[1:]:
+    for baseline in [name for name in MODELS[1:] if name in reports[0]["baselines"]]:
         models[baseline] = {
             metric: summary([report["baselines"][baseline][metric] for report in reports]) for metric in METRICS
         }
     return {
         "dataset": name,
         "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
+        "preprocess_options": options,
+        "split": {key: data[key] for key in ("num_train", "num_valid", "num_test")},
+        "repeats": reports[0]["protocol"]["repeats"],
         "seeds": list(SEEDS),
         "models": models,
         "baseline_settings": reports[0].get("baseline_settings"),
@@ -113,8 +127,9 @@ def results_table(result: dict) -> str:
         "ease": f"EASE (λ = {settings.get('ease_l2', 100):g})",
         "itemknn": f"ItemKNN ({settings.get('knn_neighbours', 100)} neighbours)",
         "pop": "Pop",
+        "personal_frequency": "Personal frequency (the user's own most bought items)",
     }
-    for name in MODELS:
+    for name in [name for name in MODELS if name in models]:
         cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in METRICS]
         lines.append(f"| {names[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -155,6 +155,24 @@ def candidates(train: sparse.csr_matrix) -> list[tuple[str, sparse.csr_matrix]]:
     return [(f"itemknn(cosine, {NEIGHBOURS} neighbours)", cosine_neighbours(train, NEIGHBOURS))]
 
 
+def refit_item_item(term: ItemItem, train: sparse.csr_matrix) -> ItemItem:
+    """The same kind of term (method, λ, weight α) fitted again on more events.
+
+    `train` learns the LSTM and chooses (S, α) on the training split; the run then keeps S fitted on training and
+    validation events, as the baselines are for the test split: every event but the held-out last one speaks.
+    """
+    from bigrec_cli.baselines import EASE
+
+    if term.method.startswith("ease(lambda="):
+        l2 = float(term.method.removeprefix("ease(lambda=").removesuffix(")"))
+        matrix = top_neighbours(EASE(l2).fit(train).weights_, NEIGHBOURS)
+    elif term.method.startswith("itemknn("):
+        matrix = cosine_neighbours(train, NEIGHBOURS)
+    else:
+        return term
+    return ItemItem(matrix, term.alpha, term.method)
+
+
 def fit_item_item(
     train: sparse.csr_matrix,
     logits: np.ndarray,

@@ -19,7 +19,7 @@ from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, 
 from bigrec_cli.errors import DataError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix
+from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_item_item
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
 from bigrec_cli.protocol import (
@@ -328,6 +328,11 @@ def train(
     scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
     metrics = {f"val_{name}": value for name, value in report.items()}
+    if item_item is not None and item_item.alpha:
+        # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
+        seen = user_sequences(events, (SPLIT_TRAIN, SPLIT_VALID))
+        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids)))
+        item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
     final = write_run(
         project,
         config=config,

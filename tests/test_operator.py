@@ -189,3 +189,18 @@ def test_http_filters_and_explanations(trained_copy):
         assert len(answer["items"]) == 5 and {topics[item["item_id"]] for item in answer["items"]} == {"jazz"}
         assert all("because" in item for item in answer["items"])
         assert client.get("/recommend", params={"user": "u0001", "where": "colour=red"}).status_code == 400
+
+
+def test_item_item_term_is_refitted_on_more_events_with_its_chosen_lambda_and_weight():
+    from bigrec_cli.baselines import EASE
+    from bigrec_cli.itemitem import NEIGHBOURS, ItemItem, refit_item_item, top_neighbours
+
+    rng = np.random.default_rng(1)
+    more = sparse.csr_matrix((rng.random((120, 25)) < 0.25).astype("float32"))
+    chosen = ItemItem(sparse.csr_matrix((26, 26), dtype="float32"), alpha=3.5, method="ease(lambda=20)")
+    refitted = refit_item_item(chosen, more)
+    expected = top_neighbours(EASE(20.0).fit(more).weights_, NEIGHBOURS)
+    assert refitted.alpha == 3.5 and refitted.method == "ease(lambda=20)"
+    np.testing.assert_allclose(refitted.matrix.toarray(), expected.toarray())
+    none = ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
+    assert refit_item_item(none, more) is none
