@@ -392,7 +392,7 @@ def train(
         typer.Option(help="Loss weight of each positive event type, e.g. purchase=3,cart=2,click=1 (others 1)."),
     ] = TrainConfig.event_weights,
     weight_scale: Annotated[
-        str, typer.Option(help="How the weight column scales an event: log (1 + ln w), linear, or ignore.")
+        str, typer.Option(help="How the weight column scales an event in the loss: ignore, log (1 + ln w) or linear.")
     ] = TrainConfig.weight_scale,
     as_json: JsonOption = False,
 ) -> None:

@@ -94,7 +94,7 @@ class TrainConfig:
             validation split (weight 0 when it does not help).
         event_weights: How much each positive event type weighs in the loss (`type=weight,…`; unnamed types 1).
         weight_scale: How the events' `weight` column (e.g. a quantity) scales them in the loss: `log` (1 + ln w),
-            `linear` (w) or `ignore`.
+            `linear` (w) or `ignore` (the default: every event of a type weighs the same).
         weight_average: Decay of the moving average of the weights that validation scores and the run keeps;
             0 keeps the raw weights of the best epoch.
     """
@@ -119,7 +119,7 @@ class TrainConfig:
     history_mean: bool = True
     item_item: bool = True
     event_weights: str = DEFAULT_EVENT_WEIGHTS
-    weight_scale: str = "log"
+    weight_scale: str = "ignore"
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")

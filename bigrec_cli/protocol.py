@@ -97,7 +97,7 @@ def holdout_cases(events: pd.DataFrame, target_split: str) -> HoldoutCases:
 def scaled_weights(weights: np.ndarray, scale: str) -> np.ndarray:
     """How much the `weight` column (e.g. a quantity) scales an event in the loss.
 
-    `log` (the default) gives 1 + ln(weight) from weight 1 up (2 units count 1.69, 100 units 5.6: a bulk order does
+    `log` gives 1 + ln(weight) from weight 1 up (2 units count 1.69, 100 units 5.6: a bulk order does
     not drown everything else) and the weight itself below 1; `linear` the weight as it is; `ignore` 1. Weights
     below 0 count 0.
     """
