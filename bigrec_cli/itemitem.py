@@ -4,11 +4,14 @@ The LSTM reads the order of recent behaviour; co-occurrence over the whole catal
 what a linear item-item model such as EASE captures best. After the LSTM is trained, `train` fits an item-item
 matrix S on the training split only (EASE's closed form while the catalog is small enough to invert, cosine
 ItemKNN beyond), keeps each item's strongest neighbours (sparse, so memory grows with items × neighbours), and
-chooses its weight α and EASE's λ by validation NDCG@10. The logit of item j for a history h is then
+chooses its weight α, EASE's λ and a recency decay d by validation NDCG@10. The logit of item j for a history h
+of length L is then
 
-    LSTM logit(h, j) + α · Σ_{i in h} S[i, j]
+    LSTM logit(h, j) + α · Σ_{i in h} d^(age of i) S[i, j]
 
-and α = 0 (no term) when it does not help on validation. The LSTM never trains with the term, so S, fitted on
+where the age of an item is how many steps ago the user last had it (0 for the latest step): what a user did
+recently speaks louder for the next item (as in session-aware item-item models, e.g. SLIST). d = 1 is plain
+EASE's scoring; α = 0 (no term) when it does not help on validation. The LSTM never trains with the term, so S, fitted on
 the very events the LSTM learns from, cannot teach it to trust co-occurrence more than held-out data supports.
 numpy and scipy only.
 """
@@ -32,6 +35,7 @@ EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, c
 NEIGHBOURS = 200
 EASE_L2_GRID = (20.0, 50.0, 200.0, 500.0, 2000.0)
 ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0)  # × (std of LSTM logits / std of the term)
+DECAY_GRID = (1.0, 0.97, 0.93, 0.9, 0.85, 0.8)  # per step of age; 1: every history item counts the same
 
 
 @dataclass(frozen=True)
@@ -42,23 +46,31 @@ class ItemItem:
         matrix: S, CSR; S[i, j] is how much history item i speaks for candidate j.
         alpha: The weight of the term in the logit (0: off).
         method: How S was fitted, for the run's record.
+        decay: Weight of a history item per step of its age (1: all alike).
     """
 
     matrix: sparse.csr_matrix
     alpha: float
     method: str
+    decay: float = 1.0
 
     def scores(self, sequences: np.ndarray) -> np.ndarray:
-        """(users, items) term for items 1…N: α · Σ over each row's distinct items of S[item, ·]."""
-        rows = np.repeat(np.arange(len(sequences)), sequences.shape[1])
+        """(users, items) term for items 1…N of left-padded token rows: α · Σ over each row's distinct items of
+        decay^(age) · S[item, ·], an item's age counted from the row's last column at its latest occurrence."""
+        return self.alpha * np.asarray((self.history(sequences) @ self.matrix)[:, 1:].todense(), dtype="float32")
+
+    def history(self, sequences: np.ndarray) -> sparse.csr_matrix:
+        """(users, rows) weights of each row's items: decay^(age) at the item's latest occurrence."""
+        num_rows, length = sequences.shape
+        rows = np.repeat(np.arange(num_rows), length)
         columns = token_items(sequences).ravel()
-        present = columns > 0
-        history = sparse.csr_matrix(
-            (np.ones(int(present.sum()), dtype="float32"), (rows[present], columns[present])),
-            shape=(len(sequences), self.matrix.shape[0]),
-        )
-        history.data[:] = 1.0  # each item once, however often it occurs
-        return self.alpha * np.asarray((history @ self.matrix)[:, 1:].todense(), dtype="float32")
+        ages = np.tile(np.arange(length - 1, -1, -1), num_rows)
+        present = np.flatnonzero(columns > 0)[::-1]  # latest first, so the first of each item is its latest
+        keys = rows[present] * self.matrix.shape[0] + columns[present]
+        _, first = np.unique(keys, return_index=True)
+        latest = present[first]
+        weights = np.power(self.decay, ages[latest]).astype("float32")
+        return sparse.csr_matrix((weights, (rows[latest], columns[latest])), shape=(num_rows, self.matrix.shape[0]))
 
     def grow(self, rows: int) -> "ItemItem":
         """The same term over more rows (items added after training get no neighbours)."""
@@ -66,7 +78,7 @@ class ItemItem:
             return self
         matrix = self.matrix.copy()
         matrix.resize((rows, rows))
-        return ItemItem(matrix.tocsr(), self.alpha, self.method)
+        return ItemItem(matrix.tocsr(), self.alpha, self.method, self.decay)
 
     def save(self, path: Path) -> None:
         matrix = self.matrix.tocsr()
@@ -78,6 +90,7 @@ class ItemItem:
             shape=np.array(matrix.shape, dtype="int64"),
             alpha=np.array([self.alpha], dtype="float32"),
             method=np.array(self.method),
+            decay=np.array([self.decay], dtype="float32"),
         )
 
     @classmethod
@@ -87,7 +100,8 @@ class ItemItem:
             matrix = sparse.csr_matrix(
                 (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(int(n) for n in arrays["shape"])
             )
-            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]))
+            decay = float(arrays["decay"][0]) if "decay" in arrays else 1.0  # runs from before the decay: 1
+            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]), decay)
         except (KeyError, ValueError, IndexError) as error:
             raise ArtifactError(f"{path} is damaged: {error}", hint="train again") from None
 
@@ -170,7 +184,7 @@ def refit_item_item(term: ItemItem, train: sparse.csr_matrix) -> ItemItem:
         matrix = cosine_neighbours(train, NEIGHBOURS)
     else:
         return term
-    return ItemItem(matrix, term.alpha, term.method)
+    return ItemItem(matrix, term.alpha, term.method, term.decay)
 
 
 def fit_item_item(
@@ -180,7 +194,7 @@ def fit_item_item(
     targets: np.ndarray,
     excluded: list[np.ndarray],
 ) -> tuple[ItemItem, dict]:
-    """Fit S on the training matrix and choose (S, α) by validation NDCG@10 of `logits + α · term`.
+    """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`.
 
     Args:
         train: Binary users × items of the training split (the only data S sees).
@@ -201,11 +215,13 @@ def fit_item_item(
     tried = [{"method": "none", "alpha": 0.0, "val_ndcg@10": best_score}]
     spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
     for method, matrix in candidates(train):
-        raw = ItemItem(matrix, 1.0, method).scores(sequences)
-        scale = spread / (float(np.std(raw)) or 1.0)
-        for alpha in ALPHA_GRID[1:]:
-            score = ndcg(logits + alpha * scale * raw)
-            tried.append({"method": method, "alpha": alpha * scale, "val_ndcg@10": score})
-            if score > best_score:
-                best_score, best = score, ItemItem(matrix, alpha * scale, method)
-    return best, {"tried": tried, "chosen": {"method": best.method, "alpha": best.alpha, "val_ndcg@10": best_score}}
+        for decay in DECAY_GRID:
+            raw = ItemItem(matrix, 1.0, method, decay).scores(sequences)
+            scale = spread / (float(np.std(raw)) or 1.0)
+            for alpha in ALPHA_GRID[1:]:
+                score = ndcg(logits + alpha * scale * raw)
+                tried.append({"method": method, "decay": decay, "alpha": alpha * scale, "val_ndcg@10": score})
+                if score > best_score:
+                    best_score, best = score, ItemItem(matrix, alpha * scale, method, decay)
+    chosen = {"method": best.method, "alpha": best.alpha, "decay": best.decay, "val_ndcg@10": best_score}
+    return best, {"tried": tried, "chosen": chosen}

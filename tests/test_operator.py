@@ -111,10 +111,16 @@ def test_item_item_term_by_hand():
     np.testing.assert_allclose(term.scores(sequences), expected)
     grown = term.grow(6)
     assert grown.matrix.shape == (6, 6) and grown.scores(np.array([[0, 5, 1]])).tolist() == [[0, 1, 0.5, 0, 0]]
+    # decay 0.5 per step of age, an item aged at its latest occurrence: row 1 = 0.5 × (0.5 S[1] + 1 S[3]),
+    # row 2 = 0.5 × S[2], row 3 = 0.5 × (0.5 S[1]) (item 1 last seen one step before the end)
+    recent = ItemItem(matrix, alpha=0.5, method="test", decay=0.5)
+    expected = np.array([[0, 2, 0.25], [0.5, 0, 0], [0, 0.5, 0.25]], dtype="float32")
+    np.testing.assert_allclose(recent.scores(sequences), expected)
+    assert recent.grow(6).decay == 0.5
 
 
 def test_item_item_is_chosen_on_validation_and_saved(tmp_path):
-    from bigrec_cli.itemitem import ItemItem, fit_item_item
+    from bigrec_cli.itemitem import DECAY_GRID, ItemItem, fit_item_item
 
     rng = np.random.default_rng(0)
     dense = (rng.random((200, 30)) < 0.2).astype("float32")
@@ -126,9 +132,13 @@ def test_item_item_is_chosen_on_validation_and_saved(tmp_path):
     noise = rng.normal(size=(50, 30)).astype("float32")  # an LSTM that knows nothing
     term, record = fit_item_item(train, noise, sequences, targets, [np.array([0])] * 50)
     assert term.alpha > 0 and record["chosen"]["val_ndcg@10"] == pytest.approx(1.0)
+    assert record["chosen"]["decay"] == term.decay and {entry["decay"] for entry in record["tried"][1:]} == set(
+        DECAY_GRID
+    )
     term.save(tmp_path / "item_item.npz")
     loaded = ItemItem.load(tmp_path / "item_item.npz")
     np.testing.assert_allclose(loaded.scores(sequences), term.scores(sequences))
+    assert loaded.decay == term.decay
 
 
 def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
