@@ -11,8 +11,9 @@ of length L is then
 
 where the age of an item is how many steps ago the user last had it (0 for the latest step): what a user did
 recently speaks louder for the next item (as in session-aware item-item models, e.g. SLIST). d = 1 is plain
-EASE's scoring; α = 0 (no term) when it does not help on validation. The LSTM never trains with the term, so S, fitted on
-the very events the LSTM learns from, cannot teach it to trust co-occurrence more than held-out data supports.
+EASE's scoring; α = 0 (no term) when it does not help on validation. The LSTM never trains with the term, so S,
+fitted on the very events the LSTM learns from, cannot teach it to trust co-occurrence more than held-out data
+supports.
 numpy and scipy only.
 """
 
