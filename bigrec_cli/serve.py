@@ -154,8 +154,16 @@ class FeedbackEvent(BaseModel):
     user_id: str = Field(max_length=256)
     item_id: str = Field(max_length=256)
     timestamp: float | str | None = Field(None, description="Unix seconds or ISO-8601; default: now.")
-    event: str | None = Field(None, description="Event type, e.g. click, purchase; default: interaction.")
-    weight: float | None = Field(None, description="A finite number; default 1.")
+    event: str | None = Field(
+        None,
+        description="Event type, e.g. click, cart, purchase, or a negative one (cancel, return, dislike: read by the "
+        "model, never recommended right back); the project's --event-map applies. Default: interaction.",
+    )
+    weight: float | None = Field(
+        None,
+        description="A finite number, e.g. a quantity; scales the event in training with --weight-scale. Default 1.",
+    )
+    rating: float | None = Field(None, description="With the project's --min-rating, a lower rating is a dislike.")
     event_id: str | None = Field(None, description="Idempotency key; default: a hash of the row.")
     title: str | None = Field(None, description="Required with text for an item not in the catalog.")
     text: str | None = None

@@ -154,8 +154,12 @@ def test_damaged_new_run_keeps_serving_the_old_one(client, trained_copy):
 
 
 def test_openapi_schema_lists_the_endpoints(client):
-    paths = client.get("/openapi.json").json()["paths"]
-    assert {"/recommend", "/feedback", "/health"} <= set(paths)
+    schema = client.get("/openapi.json").json()
+    assert {"/recommend", "/feedback", "/health"} <= set(schema["paths"])
+    body = schema["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    event = body["oneOf"][0]["items"]["properties"]
+    assert "cancel" in event["event"]["description"] and "--event-map" in event["event"]["description"]
+    assert "quantity" in event["weight"]["description"] and "--min-rating" in event["rating"]["description"]
 
 
 def test_real_server_process_serves_on_loopback(trained_project):
