@@ -82,7 +82,7 @@ def write_run(
     staging.mkdir(parents=True)
     try:
         weights.save(staging / RUN_SCORER)
-        if item_item is not None and item_item.alpha:
+        if item_item is not None and item_item.active:
             item_item.save(staging / RUN_ITEM_ITEM)
         atomic_write_json(staging / RUN_CONFIG, config.to_dict())
         atomic_write_json(staging / RUN_ITEM_VOCAB, item_ids)

@@ -17,6 +17,7 @@ import numpy as np
 from bigrec_cli.artifacts import load_run, run_scorer
 from bigrec_cli.backend import tf
 from bigrec_cli.errors import ConfigError
+from bigrec_cli.events import TYPE_STRIDE
 from bigrec_cli.project import ProjectDir, atomic_directory
 from bigrec_cli.scoring import LSTM_ACTIVATION, LSTM_GATES, LSTM_RECURRENT_ACTIVATION, Scorer
 
@@ -34,6 +35,8 @@ class ScorerModule(tf.Module):
         self.units = weights.lstm_recurrent_kernel.shape[0]
         self.input_vectors = tf.constant(scorer.input_vectors)
         self.input_gates = tf.constant(scorer.input_gates)
+        self.type_vectors = tf.constant(scorer.type_vectors)
+        self.type_gates = tf.constant(scorer.type_gates)
         self.recurrent = tf.constant(weights.lstm_recurrent_kernel)
         self.user_kernel = tf.constant(weights.user_kernel)
         self.user_bias = tf.constant(weights.user_bias)
@@ -43,6 +46,8 @@ class ScorerModule(tf.Module):
         self.item_ids = tf.constant(np.array(scorer.item_ids, dtype=object), dtype=tf.string)
         self.num_rows = len(scorer.item_ids) + 1
         term = scorer.item_item
+        self.decay = term.decay if term is not None else 1.0
+        self.repeat_weight = term.repeat_weight if term is not None else 0.0
         if term is not None:
             matrix = (term.matrix * term.alpha).tocoo()
             self.item_item = tf.sparse.reorder(
@@ -58,7 +63,9 @@ class ScorerModule(tf.Module):
         self.logits = tf.function(self._logits, input_signature=[spec])
         self.top_k = tf.function(self._top_k, input_signature=[spec, tf.TensorSpec([], tf.int32, name="k")])
 
-    def _logits(self, sequences: tf.Tensor) -> tf.Tensor:
+    def _logits(self, tokens: tf.Tensor) -> tf.Tensor:
+        """Logits for left-padded token rows (item index + event type × TYPE_STRIDE), as `Scorer.logits`."""
+        sequences, types = tf.math.floormod(tokens, TYPE_STRIDE), tf.math.floordiv(tokens, TYPE_STRIDE)
         batch = tf.shape(sequences)[0]
         hidden = tf.zeros([batch, self.units])
         cell = tf.zeros([batch, self.units])
@@ -66,7 +73,8 @@ class ScorerModule(tf.Module):
         recurrent, activation = ACTIVATIONS[LSTM_RECURRENT_ACTIVATION], ACTIVATIONS[LSTM_ACTIVATION]
         for step in range(self.max_len):
             items = sequences[:, step]
-            gates = tf.gather(self.input_gates, items) + hidden @ self.recurrent
+            gates = tf.gather(self.input_gates, items) + tf.gather(self.type_gates, types[:, step])
+            gates += hidden @ self.recurrent
             parts = tf.split(gates, len(LSTM_GATES), axis=1)
             new_cell = recurrent(parts[block["forget"]]) * cell
             new_cell += recurrent(parts[block["input"]]) * activation(parts[block["candidate"]])
@@ -75,20 +83,24 @@ class ScorerModule(tf.Module):
             hidden = tf.where(present, new_hidden, hidden)
             cell = tf.where(present, new_cell, cell)
         present = tf.cast(tf.not_equal(sequences, 0), tf.float32)
-        means = tf.reduce_sum(tf.gather(self.input_vectors, sequences), axis=1) / tf.maximum(
+        steps = tf.gather(self.input_vectors, sequences) + tf.gather(self.type_vectors, types) * present[:, :, None]
+        means = tf.reduce_sum(steps, axis=1) / tf.maximum(
             tf.reduce_sum(present, axis=1, keepdims=True), 1.0
         )
         users = hidden @ self.user_kernel + self.user_bias + means @ self.history_kernel
         logits = users @ tf.transpose(self.output_vectors) + self.output_bias
-        if self.item_item is not None:  # each distinct history item once, padding never
-            history = tf.reduce_max(tf.one_hot(sequences, self.num_rows) * present[:, :, None], axis=1)
+        if self.item_item is not None:  # each distinct history item once, at decay^(age of its latest occurrence)
+            ages = tf.range(self.max_len - 1, -1, -1, dtype=tf.float32)
+            recency = tf.pow(tf.constant(self.decay, tf.float32), ages)[None, :] * present
+            history = tf.reduce_max(tf.one_hot(sequences, self.num_rows) * recency[:, :, None], axis=1)
             term = tf.sparse.sparse_dense_matmul(self.item_item, tf.transpose(history), adjoint_a=True)
-            logits += tf.transpose(term)[:, 1:]
+            logits += tf.transpose(term)[:, 1:] + self.repeat_weight * history[:, 1:]
         return logits
 
     def _top_k(self, sequences: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = self._logits(sequences)
-        seen = tf.reduce_max(tf.one_hot(sequences - 1, self.num_rows - 1), axis=1) > 0
+        items = tf.math.floormod(sequences, TYPE_STRIDE)
+        seen = tf.reduce_max(tf.one_hot(items - 1, self.num_rows - 1), axis=1) > 0
         logits = tf.where(seen, tf.fill(tf.shape(logits), -np.inf), logits)
         values, columns = tf.math.top_k(logits, k=tf.minimum(k, self.num_rows - 1))
         return {

@@ -48,17 +48,29 @@ class ItemItem:
         alpha: The weight of the term in the logit (0: off).
         method: How S was fitted, for the run's record.
         decay: Weight of a history item per step of its age (1: all alike).
+        repeat_weight: γ, how much a history item speaks for itself (projects whose history may be recommended
+            again: the recency-weighted personal frequency); 0 otherwise.
     """
 
     matrix: sparse.csr_matrix
     alpha: float
     method: str
     decay: float = 1.0
+    repeat_weight: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.alpha or self.repeat_weight)
 
     def scores(self, sequences: np.ndarray) -> np.ndarray:
-        """(users, items) term for items 1…N of left-padded token rows: α · Σ over each row's distinct items of
-        decay^(age) · S[item, ·], an item's age counted from the row's last column at its latest occurrence."""
-        return self.alpha * np.asarray((self.history(sequences) @ self.matrix)[:, 1:].todense(), dtype="float32")
+        """(users, items) term for items 1…N of left-padded token rows: Σ over each row's distinct items i of
+        decay^(age of i) · (α S[i, ·] + γ 1[· = i]), an item's age counted from the row's last column at its latest
+        occurrence."""
+        history = self.history(sequences)
+        scores = self.alpha * np.asarray((history @ self.matrix)[:, 1:].todense(), dtype="float32")
+        if self.repeat_weight:
+            scores += self.repeat_weight * np.asarray(history[:, 1:].todense(), dtype="float32")
+        return scores
 
     def history(self, sequences: np.ndarray) -> sparse.csr_matrix:
         """(users, rows) weights of each row's items: decay^(age) at the item's latest occurrence."""
@@ -79,7 +91,7 @@ class ItemItem:
             return self
         matrix = self.matrix.copy()
         matrix.resize((rows, rows))
-        return ItemItem(matrix.tocsr(), self.alpha, self.method, self.decay)
+        return ItemItem(matrix.tocsr(), self.alpha, self.method, self.decay, self.repeat_weight)
 
     def save(self, path: Path) -> None:
         matrix = self.matrix.tocsr()
@@ -92,6 +104,7 @@ class ItemItem:
             alpha=np.array([self.alpha], dtype="float32"),
             method=np.array(self.method),
             decay=np.array([self.decay], dtype="float32"),
+            repeat_weight=np.array([self.repeat_weight], dtype="float32"),
         )
 
     @classmethod
@@ -102,7 +115,8 @@ class ItemItem:
                 (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(int(n) for n in arrays["shape"])
             )
             decay = float(arrays["decay"][0]) if "decay" in arrays else 1.0  # runs from before the decay: 1
-            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]), decay)
+            repeat = float(arrays["repeat_weight"][0]) if "repeat_weight" in arrays else 0.0
+            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]), decay, repeat)
         except (KeyError, ValueError, IndexError) as error:
             raise ArtifactError(f"{path} is damaged: {error}", hint="train again") from None
 
@@ -185,7 +199,7 @@ def refit_item_item(term: ItemItem, train: sparse.csr_matrix) -> ItemItem:
         matrix = cosine_neighbours(train, NEIGHBOURS)
     else:
         return term
-    return ItemItem(matrix, term.alpha, term.method, term.decay)
+    return ItemItem(matrix, term.alpha, term.method, term.decay, term.repeat_weight)
 
 
 def fit_item_item(
@@ -195,14 +209,16 @@ def fit_item_item(
     targets: np.ndarray,
     excluded: list[np.ndarray],
 ) -> tuple[ItemItem, dict]:
-    """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`.
+    """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`; when
+    history items may be recommended (`excluded` is None), then γ, the weight of the user's own recent items.
 
     Args:
         train: Binary users × items of the training split (the only data S sees).
         logits: (cases, items) LSTM logits of the validation cases.
         sequences: (cases, max_len) their index sequences.
         targets: (cases,) item index of each held-out event.
-        excluded: Per case, the columns (item index − 1) excluded from the ranking (the history).
+        excluded: Per case, the columns (item index − 1) excluded from the ranking (the history); None when
+            repeats are allowed.
 
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
@@ -224,5 +240,40 @@ def fit_item_item(
                 tried.append({"method": method, "decay": decay, "alpha": alpha * scale, "val_ndcg@10": score})
                 if score > best_score:
                     best_score, best = score, ItemItem(matrix, alpha * scale, method, decay)
-    chosen = {"method": best.method, "alpha": best.alpha, "decay": best.decay, "val_ndcg@10": best_score}
+    if excluded is None:  # repeats allowed: how much do the user's own recent items speak for themselves?
+        best_score, best = _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tried)
+    chosen = {
+        "method": best.method,
+        "alpha": best.alpha,
+        "decay": best.decay,
+        "repeat_weight": best.repeat_weight,
+        "val_ndcg@10": best_score,
+    }
     return best, {"tried": tried, "chosen": chosen}
+
+
+def _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tried):
+    """γ (and, without a co-occurrence term, the decay) on top of the chosen term, by validation NDCG@10."""
+    chosen = best
+    size = logits.shape[1] + 1
+    empty = sparse.csr_matrix((size, size), dtype="float32")  # no co-occurrence term: S = 0
+    for decay in [best.decay] if best.alpha else DECAY_GRID:
+        base = best if best.alpha else ItemItem(empty, 0.0, "none", decay)
+        scores = logits + base.scores(sequences) if best.alpha else logits
+        own = ItemItem(base.matrix, 0.0, base.method, decay, 1.0).scores(sequences)
+        scale = spread / (float(np.std(own)) or 1.0)
+        for weight in ALPHA_GRID[1:]:
+            score = ndcg(scores + weight * scale * own)
+            tried.append(
+                {
+                    "method": base.method,
+                    "decay": decay,
+                    "alpha": base.alpha,
+                    "repeat_weight": weight * scale,
+                    "val_ndcg@10": score,
+                }
+            )
+            if score > best_score:
+                best_score = score
+                chosen = ItemItem(base.matrix, base.alpha, base.method, decay, weight * scale)
+    return best_score, chosen

@@ -141,7 +141,7 @@ class Scorer:
                 hint="the run is damaged: train again",
             )
         self.weights = weights
-        self.item_item = item_item if item_item is not None and item_item.alpha else None
+        self.item_item = item_item if item_item is not None and item_item.active else None
         self.item_ids = list(item_ids)
         self.index_of = {item_id: index + 1 for index, item_id in enumerate(self.item_ids)}
         self.event_types = list(event_types or [])[: weights.type_embedding.shape[0]]

@@ -328,7 +328,7 @@ def train(
     scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
     metrics = {f"val_{name}": value for name, value in report.items()}
-    if item_item is not None and item_item.alpha:
+    if item_item is not None and item_item.active:
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
         seen = user_sequences(events, (SPLIT_TRAIN, SPLIT_VALID))
         item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids)))

@@ -144,6 +144,7 @@ def test_item_item_is_chosen_on_validation_and_saved(tmp_path):
 def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
     from bigrec_cli.artifacts import load_run, run_scorer
     from bigrec_cli.backend import tf
+    from bigrec_cli.events import TYPE_STRIDE
 
     result = invoke("export", str(tmp_path / "model"), "--format", "savedmodel", "--project-dir", str(trained_project))
     assert result.exit_code == 0, result.stderr
@@ -156,8 +157,18 @@ def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
         length = int(rng.integers(1, 30))
         sequences[row, -length:] = rng.integers(1, scorer.num_items + 1, size=length)
     sequences[0, -5] = 0  # padding inside a sequence
+    sequences += rng.integers(0, len(run.event_types), size=sequences.shape) * TYPE_STRIDE * (sequences > 0)
     exported = loaded.signatures["logits"](sequences=tf.constant(sequences))
     np.testing.assert_allclose(next(iter(exported.values())).numpy(), scorer.logits(sequences), atol=1e-5, rtol=0)
+    # the item-to-item term with a recency decay and a repeat weight, exported the same way
+    from bigrec_cli.export import ScorerModule
+    from bigrec_cli.itemitem import ItemItem
+
+    size = scorer.num_items + 1
+    matrix = sparse.random(size, size, density=0.05, random_state=0, format="csr", dtype="float32")
+    scorer.item_item = ItemItem(matrix, alpha=0.7, method="test", decay=0.8, repeat_weight=0.3)
+    module = ScorerModule(scorer, run.config.max_len)
+    np.testing.assert_allclose(module.logits(tf.constant(sequences)).numpy(), scorer.logits(sequences), atol=1e-5)
     top = loaded.signatures["serving_default"](sequences=tf.constant(sequences), k=tf.constant(5))
     assert top["item_ids"].shape == (6, 5)
     assert not set(top["item_indices"].numpy()[1]) & set(sequences[1][sequences[1] > 0])
@@ -214,3 +225,24 @@ def test_item_item_term_is_refitted_on_more_events_with_its_chosen_lambda_and_we
     np.testing.assert_allclose(refitted.matrix.toarray(), expected.toarray())
     none = ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
     assert refit_item_item(none, more) is none
+
+
+def test_repeat_weight_is_chosen_only_when_history_may_come_back():
+    """Users who rebuy: the target is always their latest item. With repeats allowed, γ (the user's own recent items)
+    is chosen on validation and ranks it first; with the history excluded there is nothing to choose."""
+    from bigrec_cli.itemitem import ItemItem, fit_item_item
+
+    rng = np.random.default_rng(2)
+    train = sparse.csr_matrix((rng.random((80, 20)) < 0.3).astype("float32"))
+    sequences = rng.integers(1, 21, size=(40, 5))
+    targets = sequences[:, -1]
+    noise = rng.normal(size=(40, 20)).astype("float32")
+    term, record = fit_item_item(train, noise, sequences, targets, None)
+    assert term.repeat_weight > 0 and record["chosen"]["val_ndcg@10"] == pytest.approx(1.0)
+    own = ItemItem(term.matrix, 0.0, term.method, term.decay, 2.0)
+    expected = np.zeros((1, 20), dtype="float32")
+    expected[0, [2, 6]] = [2.0 * term.decay, 2.0]  # items 3 (one step old) and 7 (the latest)
+    np.testing.assert_allclose(own.scores(np.array([[0, 0, 0, 3, 7]])), expected, rtol=1e-6)
+    excluded = [row - 1 for row in sequences]
+    term, record = fit_item_item(train, noise, sequences, targets, excluded)
+    assert term.repeat_weight == 0 and not any("repeat_weight" in entry for entry in record["tried"])
