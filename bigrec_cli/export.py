@@ -84,9 +84,7 @@ class ScorerModule(tf.Module):
             cell = tf.where(present, new_cell, cell)
         present = tf.cast(tf.not_equal(sequences, 0), tf.float32)
         steps = tf.gather(self.input_vectors, sequences) + tf.gather(self.type_vectors, types) * present[:, :, None]
-        means = tf.reduce_sum(steps, axis=1) / tf.maximum(
-            tf.reduce_sum(present, axis=1, keepdims=True), 1.0
-        )
+        means = tf.reduce_sum(steps, axis=1) / tf.maximum(tf.reduce_sum(present, axis=1, keepdims=True), 1.0)
         users = hidden @ self.user_kernel + self.user_bias + means @ self.history_kernel
         logits = users @ tf.transpose(self.output_vectors) + self.output_bias
         if self.item_item is not None:  # each distinct history item once, at decay^(age of its latest occurrence)
