@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -301,9 +302,10 @@ class Recommender:
     def _user_states(self, sequences: np.ndarray) -> np.ndarray:
         """LSTM states for index sequences, reusing those computed for the very same sequence before.
 
-        The key is the sequence itself, so a user's new event (a different sequence) is never served a stale state.
+        The key is a 16-byte BLAKE2b digest of the sequence itself, so a user's new event (a different sequence) is
+        never served a stale state, and a full cache holds 16 bytes per user, not the 800 of a 100-step sequence.
         """
-        keys = [row.tobytes() for row in sequences]
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in sequences]
         cached = [self._state_cache.get(key) for key in keys]
         missing = [position for position, state in enumerate(cached) if state is None]
         if missing:
