@@ -17,7 +17,16 @@ import pandas as pd
 from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS
 from bigrec_cli.errors import DataError
 from bigrec_cli.events import LOW_RATING_EVENT, MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, map_event_types, validate_events
-from bigrec_cli.project import ProjectDir, atomic_file, atomic_write_bytes, atomic_write_json, read_json
+from bigrec_cli.project import (
+    DATA_META_FILE,
+    EVENTS_FILE,
+    ITEMS_FILE,
+    ProjectDir,
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+)
 
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
 SPLIT_NEGATIVE = "negative"  # negative behaviour (a cancellation, a dislike): never a training or held-out target
@@ -466,8 +475,6 @@ def preprocess(
     items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
     events["item_index"] = events["item_id"].map(item_index).astype("int64")
     fingerprint = fingerprint_frames(events, items)
-    write_parquet(events, project.events_path)
-    write_parquet(items, project.items_path)
     counts = events["split"].value_counts()
     summary = PreprocessSummary(
         num_events=len(events),
@@ -480,18 +487,19 @@ def preprocess(
         num_test=int(counts.get(SPLIT_TEST, 0)),
         fingerprint=fingerprint,
     )
-    atomic_write_json(
-        project.data_meta_path,
-        {
-            **summary.__dict__,
-            "events_source": str(events_path),
-            "items_source": str(items_path),
-            "text_columns": used_text_columns,
-            "title_column": used_title,
-            "split": "per user by time: last positive event = test, second-to-last = valid, rest = train",
-            **policy.to_dict(),
-        },
-    )
+    meta = {
+        **summary.__dict__,
+        "events_source": str(events_path),
+        "items_source": str(items_path),
+        "text_columns": used_text_columns,
+        "title_column": used_title,
+        "split": "per user by time: last positive event = test, second-to-last = valid, rest = train",
+        **policy.to_dict(),
+    }
+    with project.new_data_version() as folder:
+        write_parquet(events, folder / EVENTS_FILE)
+        write_parquet(items, folder / ITEMS_FILE)
+        atomic_write_json(folder / DATA_META_FILE, meta)
     return summary
 
 

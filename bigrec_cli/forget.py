@@ -23,7 +23,16 @@ from bigrec_cli.data import (
     write_parquet,
 )
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir, append_json_line, atomic_write_bytes, atomic_write_json, read_json
+from bigrec_cli.project import (
+    DATA_META_FILE,
+    EVENTS_FILE,
+    ITEMS_FILE,
+    ProjectDir,
+    append_json_line,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+)
 
 FORGET_LOG = "forget.log.jsonl"
 
@@ -45,7 +54,7 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
     mine = (events["user_id"] == user_id).to_numpy()
     if mine.any():
         kept = events[~mine].reset_index(drop=True)
-        write_parquet(kept, project.events_path)
+        items = load_items(project)
         meta = read_json(project.data_meta_path)
         counts = kept["split"].value_counts()
         meta.update(
@@ -54,9 +63,12 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
             num_train=int(counts.get(SPLIT_TRAIN, 0)),
             num_valid=int(counts.get(SPLIT_VALID, 0)),
             num_test=int(counts.get(SPLIT_TEST, 0)),
-            fingerprint=fingerprint_frames(kept, load_items(project)),
+            fingerprint=fingerprint_frames(kept, items),
         )
-        atomic_write_json(project.data_meta_path, meta)
+        with project.new_data_version(keep=1) as folder:  # no earlier version keeps the user's events
+            write_parquet(kept, folder / EVENTS_FILE)
+            write_parquet(items, folder / ITEMS_FILE)
+            atomic_write_json(folder / DATA_META_FILE, meta)
     feedback_events = FeedbackStore(project.feedback_db).delete_user(user_id)
     rejected = forget_rejections(project, user_id)
     summary = ForgetSummary(

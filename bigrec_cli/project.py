@@ -19,6 +19,8 @@ DATA_DIR = "data"
 EVENTS_FILE = "events.parquet"
 ITEMS_FILE = "items.parquet"
 DATA_META_FILE = "data.json"
+DATA_CURRENT_FILE = "CURRENT"  # names the data version in use: data/<version>/{events,items}.parquet, data.json
+KEEP_DATA_VERSIONS = 2  # the current one and the one before it (a reader that resolved it a moment ago)
 FEATURES_DIR = "features"
 ITEM_VECTORS_FILE = "item_vectors.npz"
 FEATURES_META_FILE = "features.json"
@@ -190,7 +192,33 @@ class ProjectDir:
 
     @property
     def data_dir(self) -> Path:
-        return self.root / DATA_DIR
+        """The folder of the data version in use (`data/CURRENT` names it; projects from before versions: `data/`)."""
+        base = self.root / DATA_DIR
+        try:
+            name = (base / DATA_CURRENT_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return base
+        if not name.startswith("v-") or "/" in name or not (base / name).is_dir():
+            raise ArtifactError(f"{base / DATA_CURRENT_FILE} names no data version ({name!r})", hint="run preprocess")
+        return base / name
+
+    @contextmanager
+    def new_data_version(self, keep: int = KEEP_DATA_VERSIONS) -> Iterator[Path]:
+        """Yield a staging folder for a complete data version; when the block succeeds, rename it into place and
+        switch `data/CURRENT` to it in one atomic write. A crash at any point leaves the previous version in use,
+        whole: its events, items and data.json never mix with the new ones. Older versions beyond `keep` go."""
+        base = self.root / DATA_DIR
+        name = f"v-{time.time_ns():020d}-{secrets.token_hex(3)}"  # sorts by creation, even within one second
+        with atomic_directory(base / name) as staging:
+            yield staging
+        atomic_write_bytes(base / DATA_CURRENT_FILE, (name + "\n").encode())
+        _fsync_dir(base)
+        versions = sorted(path for path in base.iterdir() if path.is_dir() and path.name.startswith("v-"))
+        for old in versions[:-keep] if keep else versions:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        for legacy in (EVENTS_FILE, ITEMS_FILE, DATA_META_FILE):  # a project's files from before versions
+            (base / legacy).unlink(missing_ok=True)
 
     @property
     def events_path(self) -> Path:

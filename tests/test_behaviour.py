@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sparse
 
 from bigrec_cli.data import order_and_deduplicate, split_by_time
+from bigrec_cli.project import ProjectDir
 from tests.conftest import SAMPLE, invoke
 
 
@@ -66,7 +67,7 @@ def shop_project(project, tmp_path, *extra):
 def test_repeats_are_kept_end_to_end(project, tmp_path):
     summary, total = shop_project(project, tmp_path, "--repeats", "allow")
     assert summary["num_events"] == total and summary["num_duplicates"] == 0
-    events = pd.read_parquet(project / "data" / "events.parquet")
+    events = pd.read_parquet(ProjectDir(project).events_path)
     assert events.duplicated(["user_id", "item_id"]).sum() > 1000
     assert invoke("extract").exit_code == 0
     assert invoke("train", "--epochs", "1").exit_code == 0
@@ -128,11 +129,11 @@ def test_event_map_and_min_rating_reach_both_doors(project, tmp_path):
     items = str(SAMPLE / "items.csv")
     args = ["preprocess", "--events", str(rated), "--items", items, "--event-map", "view=click", "--min-rating", "4"]
     assert invoke(*args).exit_code == 0
-    events = pd.read_parquet(project / "data" / "events.parquet")
+    events = pd.read_parquet(ProjectDir(project).events_path)
     low = events["rating"] < 4
     assert set(events.loc[low, "event"]) == {"dislike"} and set(events.loc[~low, "event"]) == {"click"}
     assert set(events.loc[low, "split"]) == {"negative"}, "a low rating is negative behaviour, never a target"
-    meta = json.loads((project / "data" / "data.json").read_text())
+    meta = json.loads((ProjectDir(project).data_meta_path).read_text())
     assert meta["event_map"] == {"view": "click"} and meta["min_rating"] == 4 and "dislike" in meta["negative_events"]
     feedback = tmp_path / "feedback.csv"
     feedback.write_text("user_id,item_id,event,rating\nu1,i0006,view,5\nu1,i0007,view,1\n")

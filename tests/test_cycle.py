@@ -40,7 +40,7 @@ def test_recommend_excludes_seen_items_and_names_titles(trained_project):
     assert len(answer["items"]) == 10
     import pandas as pd
 
-    events = pd.read_parquet(trained_project / "data" / "events.parquet")
+    events = pd.read_parquet(ProjectDir(trained_project).events_path)
     seen = set(events[events["user_id"] == "u0007"]["item_id"])
     assert not seen & {item["item_id"] for item in answer["items"]}
     assert all(item["title"] for item in answer["items"])

@@ -6,6 +6,7 @@ import pytest
 
 from bigrec_cli.data import order_and_deduplicate, split_by_time
 from bigrec_cli.events import parse_timestamps
+from bigrec_cli.project import ProjectDir
 from tests.conftest import ML100K, SAMPLE, invoke
 
 
@@ -48,7 +49,7 @@ def test_preprocess_sample_data_writes_parquet_and_split(project):
     summary = json.loads(result.stdout)
     assert summary["num_items"] == 400 and summary["num_users"] == 300
     assert summary["num_valid"] == summary["num_test"] == 300
-    events = pd.read_parquet(project / "data" / "events.parquet")
+    events = pd.read_parquet(ProjectDir(project).events_path)
     last = events.groupby("user_id").tail(1)
     assert set(last["split"]) == {"test"}
     assert events.groupby("user_id")["timestamp"].apply(lambda series: series.is_monotonic_increasing).all()
@@ -79,10 +80,10 @@ def test_bad_events_fail_with_one_line_and_change_nothing(tmp_path, project, ite
 def test_failed_preprocess_keeps_previous_data(tmp_path, project, items_csv):
     good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
     assert invoke("preprocess", "--events", str(good), "--items", str(items_csv)).exit_code == 0
-    before = (project / "data" / "events.parquet").read_bytes()
+    before = (ProjectDir(project).events_path).read_bytes()
     bad = write(tmp_path / "bad.csv", "user_id,item_id,timestamp\nu,a,oops\n")
     assert invoke("preprocess", "--events", str(bad), "--items", str(items_csv)).exit_code == 1
-    assert (project / "data" / "events.parquet").read_bytes() == before
+    assert (ProjectDir(project).events_path).read_bytes() == before
 
 
 def test_unknown_items_can_be_dropped(tmp_path, project, items_csv):
@@ -109,7 +110,7 @@ def test_movielens_100k_reads_as_unzipped(project):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["num_events"], summary["num_users"], summary["num_items"]) == (100_000, 943, 1682)
-    items = pd.read_parquet(project / "data" / "items.parquet").set_index("item_id")
+    items = pd.read_parquet(ProjectDir(project).items_path).set_index("item_id")
     assert items.loc["1", "title"] == "Toy Story (1995)"
     assert "Animation, Children's, Comedy" in items.loc["1", "text"]
 
@@ -132,9 +133,9 @@ def test_row_order_of_the_input_changes_nothing(tmp_path):
         assert result.exit_code == 0, result.stderr
         results.append(
             (
-                pd.read_parquet(project / "data" / "events.parquet"),
-                pd.read_parquet(project / "data" / "items.parquet"),
-                json.loads((project / "data" / "data.json").read_text())["fingerprint"],
+                pd.read_parquet(ProjectDir(project).events_path),
+                pd.read_parquet(ProjectDir(project).items_path),
+                json.loads((ProjectDir(project).data_meta_path).read_text())["fingerprint"],
             )
         )
     (events_a, items_a, fingerprint_a), (events_b, items_b, fingerprint_b) = results
@@ -142,3 +143,48 @@ def test_row_order_of_the_input_changes_nothing(tmp_path):
     pd.testing.assert_frame_equal(items_a, items_b)
     assert fingerprint_a == fingerprint_b
     assert events_a.duplicated(["user_id", "timestamp"]).sum() > 100, "the data really has ties"
+
+
+def test_data_is_replaced_as_one_version(tmp_path, project, items_csv, monkeypatch):
+    """events, items and data.json of one preprocess are switched in together, by one atomic write of
+    data/CURRENT: a crash after the new Parquet files are written leaves the old version in use, whole."""
+    from bigrec_cli import data as data_module
+    from bigrec_cli.data import load_events
+
+    first = write(tmp_path / "first.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    second = write(tmp_path / "second.csv", "user_id,item_id,timestamp\nv,a,1\nv,b,2\nv,c,3\nv,a,4\n")
+    assert invoke("preprocess", "--events", str(first), "--items", str(items_csv)).exit_code == 0
+    layout = ProjectDir(project)
+    old_dir, old_meta = layout.data_dir, json.loads(layout.data_meta_path.read_text())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after both Parquet files of the new version are written
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(data_module, "atomic_write_json", killed)
+        data_module.preprocess(layout, events_path=second, items_path=items_csv)
+    assert layout.data_dir == old_dir and json.loads(layout.data_meta_path.read_text()) == old_meta
+    assert load_events(layout)["user_id"].unique().tolist() == ["u"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["CURRENT", old_dir.name]
+    for _ in range(3):
+        assert invoke("preprocess", "--events", str(second), "--items", str(items_csv)).exit_code == 0
+    versions = [path for path in (project / "data").iterdir() if path.is_dir()]
+    assert len(versions) == 2, "the version in use and the one before it"
+    assert load_events(layout)["user_id"].unique().tolist() == ["v"]
+    assert json.loads(layout.data_meta_path.read_text())["num_events"] == 4
+
+
+def test_projects_from_before_data_versions_still_read(tmp_path, project, items_csv):
+    from bigrec_cli.data import load_events
+
+    events = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    assert invoke("preprocess", "--events", str(events), "--items", str(items_csv)).exit_code == 0
+    version = ProjectDir(project).data_dir
+    for path in version.iterdir():  # the layout of earlier versions: data/events.parquet, … and no CURRENT
+        path.rename(project / "data" / path.name)
+    version.rmdir()
+    (project / "data" / "CURRENT").unlink()
+    assert ProjectDir(project).data_dir == project / "data"
+    assert len(load_events(ProjectDir(project))) == 3
+    assert invoke("preprocess", "--events", str(events), "--items", str(items_csv)).exit_code == 0
+    assert sorted(path.name for path in (project / "data").iterdir() if path.is_file()) == ["CURRENT"]

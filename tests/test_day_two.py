@@ -299,7 +299,7 @@ def test_damaged_feedback_store_is_one_line_everywhere(trained_copy, tmp_path):
 def test_titles_and_ids_are_printed_literally(trained_copy):
     import pandas as pd
 
-    items_path = trained_copy / "data" / "items.parquet"
+    items_path = ProjectDir(trained_copy).items_path
     items = pd.read_parquet(items_path)
     items["title"] = "Greatest hits [/remix] edition \x1b[2J :x:"
     items.to_parquet(items_path, index=False)

@@ -29,8 +29,11 @@ def test_forget_user_removes_every_trace_and_is_idempotent(trained_copy):
     removed = json.loads(result.stdout)
     assert removed["preprocessed_events"] > 0 and removed["feedback_events"] == 5 and removed["rejected_rows"] == 1
     assert answer(trained_copy, "--user", "u0007")["cold_start"] is True
-    events = pd.read_parquet(trained_copy / "data" / "events.parquet")
+    events = pd.read_parquet(ProjectDir(trained_copy).events_path)
     assert "u0007" not in set(events["user_id"])
+    kept = [path for path in (trained_copy / "data").rglob("*.parquet")]
+    assert len(kept) == 2, "no earlier data version keeps the user's events"
+    assert all("u0007" not in set(pd.read_parquet(path)["user_id"]) for path in kept if "events" in path.name)
     with sqlite3.connect(trained_copy / "feedback.sqlite3") as connection:
         assert connection.execute("SELECT COUNT(*) FROM events WHERE user_id = 'u0007'").fetchone()[0] == 0
     assert "u0007" not in (trained_copy / "feedback.rejects.jsonl").read_text()
