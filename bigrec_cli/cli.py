@@ -159,7 +159,10 @@ def user_errors() -> Iterator[None]:
 @app.command()
 def preprocess(
     project_dir: ProjectOption,
-    events: Annotated[Optional[Path], typer.Option(help="Events file (CSV, JSON lines or Parquet).")] = None,
+    events: Annotated[
+        Optional[Path],
+        typer.Option(help="Events: a file, a folder or a glob of CSV, JSON lines or Parquet (hive key=value folders)."),
+    ] = None,
     items: Annotated[Optional[Path], typer.Option(help="Items file with item_id and text columns.")] = None,
     input_format: Annotated[
         InputFormat, typer.Option("--format", help="`files` or `movielens-100k`.")

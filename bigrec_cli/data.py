@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import sys
@@ -180,6 +181,63 @@ def clean_events(frame: pd.DataFrame, path: Path, offset: int) -> pd.DataFrame:
         failure = check.failures[0]
         raise DataError(f"{path}: {failure.summary} at {_rows(failure.rows, offset)}", hint=failure.hint)
     return check.events
+
+
+EVENT_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson", ".parquet")
+
+
+def input_files(spec: Path) -> tuple[list[Path], Path]:
+    """The files an `--events` argument names, sorted by path (the file system's order never matters).
+
+    A file; a directory, searched recursively for .csv/.tsv/.jsonl/.parquet files (names starting with `.` or `_`,
+    such as `_SUCCESS`, are skipped); or a glob pattern (`events/2024-*.parquet`, `lake/**/*.jsonl`). Returns the
+    files and the folder that hive-style `key=value` folder names are read below.
+    """
+    text = str(spec)
+    if any(character in text for character in "*?["):
+        files = sorted(Path(name) for name in glob.glob(text, recursive=True) if Path(name).is_file())
+        if not files:
+            raise DataError(f"{spec} matches no file", hint="check the pattern (quote it so the shell keeps it)")
+        base = Path(text.split("*")[0].split("?")[0].split("[")[0]).parent
+        return files, base
+    if spec.is_dir():
+        files = sorted(
+            path
+            for path in spec.rglob("*")
+            if path.is_file()
+            and path.suffix.lower() in EVENT_FILE_SUFFIXES
+            and not any(part.startswith((".", "_")) for part in path.relative_to(spec).parts)
+        )
+        if not files:
+            raise DataError(f"{spec} holds no events file", hint="put .csv, .jsonl or .parquet files in it")
+        return files, spec
+    return [spec], spec.parent
+
+
+def hive_values(path: Path, base: Path) -> dict[str, str]:
+    """Column values from hive-style folder names below `base` (`…/event=purchase/day=2024-05-01/part-0.parquet`)."""
+    try:
+        parts = path.relative_to(base).parts[:-1]
+    except ValueError:
+        return {}
+    return dict(part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
+
+
+def read_events(spec: Path) -> tuple[pd.DataFrame, list[Path], list[int]]:
+    """Read and validate every events file that `spec` names; each file is checked on its own, so an error names
+    the file and its line. Hive folder values fill columns the files lack. Returns the events (with `_file`, the
+    file's position, and `_row`, the row in it), the files and each file's row-to-line offset."""
+    files, base = input_files(spec)
+    frames, offsets = [], []
+    for position, path in enumerate(files):
+        frame, offset = read_table(path)
+        for column, value in hive_values(path, base).items():
+            if column not in frame.columns:
+                frame[column] = value
+        events = clean_events(frame, path, offset)
+        frames.append(events.assign(_file=position, _row=np.arange(len(events))))
+        offsets.append(offset)
+    return (pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]), files, offsets
 
 
 def clean_items(
@@ -436,9 +494,11 @@ def preprocess(
     if movielens_source is not None:
         raw_events, raw_items = read_movielens_100k(movielens_source)
         events_path, items_path = movielens_source / "u.data", movielens_source / "u.item"
-        event_offset = item_offset = 1
+        item_offset = 1
+        events = clean_events(raw_events, events_path, 1).assign(_file=0, _row=np.arange(len(raw_events)))
+        files, offsets = [events_path], [1]
     elif events_path is not None and items_path is not None:
-        raw_events, event_offset = read_table(events_path)
+        events, files, offsets = read_events(events_path)
         raw_items, item_offset = read_table(items_path)
     else:
         raise DataError(
@@ -446,7 +506,6 @@ def preprocess(
         )
     items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order: not the file's
-    events = clean_events(raw_events, events_path, event_offset)
     policy = policy or EventPolicy()
     if policy.min_rating is not None and "rating" not in events.columns:
         raise DataError(
@@ -459,17 +518,19 @@ def preprocess(
     if not known.all():
         unknown_rows = np.flatnonzero(~known)
         if not drop_unknown_items:
-            example = events["item_id"].iloc[int(unknown_rows[0])]
+            first = events.iloc[int(unknown_rows[0])]
+            in_file = unknown_rows[events["_file"].to_numpy()[unknown_rows] == first["_file"]]
+            file = int(first["_file"])
             raise DataError(
-                f"{events_path}: item_id {example!r} has no entry in {items_path} "
-                f"at {_rows(unknown_rows, event_offset)}",
+                f"{files[file]}: item_id {first['item_id']!r} has no entry in {items_path} "
+                f"at {_rows(events['_row'].to_numpy()[in_file], offsets[file])}",
                 hint="add the items to the items file, or pass --drop-unknown-items",
             )
         events = events[known]
         num_dropped = int((~known).sum())
         if events.empty:
             raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
-    events, num_duplicates = order_and_deduplicate(events, policy.dedupe)
+    events, num_duplicates = order_and_deduplicate(events.drop(columns=["_file", "_row"]), policy.dedupe)
     events["split"] = split_by_time(events, policy.negative_events)
     item_index = {item_id: index + 1 for index, item_id in enumerate(items["item_id"])}
     items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")

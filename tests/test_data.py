@@ -188,3 +188,35 @@ def test_projects_from_before_data_versions_still_read(tmp_path, project, items_
     assert len(load_events(ProjectDir(project))) == 3
     assert invoke("preprocess", "--events", str(events), "--items", str(items_csv)).exit_code == 0
     assert sorted(path.name for path in (project / "data").iterdir() if path.is_file()) == ["CURRENT"]
+
+
+def test_events_from_a_folder_a_glob_and_hive_partitions(tmp_path, project, items_csv):
+    """A data-lake layout: Parquet and CSV files under hive-style folders, a `_SUCCESS` marker; the same events
+    read from the folder and from a glob, and the folder's `event=` value fills the column the files lack."""
+    from bigrec_cli.data import load_events
+
+    lake = tmp_path / "lake"
+    (lake / "event=purchase").mkdir(parents=True)
+    (lake / "event=view").mkdir()
+    pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": ["1", "3"]}).to_parquet(
+        lake / "event=purchase" / "part-0.parquet"
+    )
+    write(lake / "event=view" / "part-0.csv", "user_id,item_id,timestamp\nu,c,2\nv,a,1\nv,b,2\nv,c,3\n")
+    write(lake / "_SUCCESS", "")
+    assert invoke("preprocess", "--events", str(lake), "--items", str(items_csv)).exit_code == 0
+    events = load_events(ProjectDir(project))
+    assert list(zip(events["user_id"], events["item_id"], events["event"]))[:3] == [
+        ("u", "a", "purchase"),
+        ("u", "c", "view"),
+        ("u", "b", "purchase"),
+    ]
+    assert len(events) == 6
+    fingerprint = json.loads(ProjectDir(project).data_meta_path.read_text())["fingerprint"]
+    pattern = str(lake / "**" / "part-*")
+    assert invoke("preprocess", "--events", pattern, "--items", str(items_csv)).exit_code == 0
+    assert json.loads(ProjectDir(project).data_meta_path.read_text())["fingerprint"] == fingerprint
+    write(lake / "event=view" / "part-1.csv", "user_id,item_id,timestamp\nw,a,1\nw,zzz,2\n")
+    bad = invoke("preprocess", "--events", str(lake), "--items", str(items_csv))
+    assert bad.exit_code == 1 and "part-1.csv: item_id 'zzz'" in bad.stderr and "line 3" in bad.stderr
+    empty = invoke("preprocess", "--events", str(tmp_path / "nothing-*.csv"), "--items", str(items_csv))
+    assert empty.exit_code == 1 and "matches no file" in empty.stderr
