@@ -155,7 +155,8 @@ def live_scorer(project: ProjectDir, run: Run) -> Scorer:
     if project.features_meta_path.exists() and not run.config.fine_tune_bert:
         meta = read_json(project.features_meta_path)
         if meta.get("model_key") == run.manifest.get("features_model_key"):
-            scorer.add_items(*load_item_vectors(project.item_vectors_path))
+            impute = run.config.id_embedding and run.config.id_dropout == 0  # as `train` treats its cold items
+            scorer.add_items(*load_item_vectors(project.item_vectors_path), impute=impute)
     return scorer
 
 

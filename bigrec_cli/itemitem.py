@@ -85,6 +85,22 @@ class ItemItem:
         weights = np.power(self.decay, ages[latest]).astype("float32")
         return sparse.csr_matrix((weights, (rows[latest], columns[latest])), shape=(num_rows, self.matrix.shape[0]))
 
+    def impute(self, rows: np.ndarray, neighbours: np.ndarray, shares: np.ndarray) -> "ItemItem":
+        """The term with the columns and rows of items without interactions (`rows`, whose columns and rows of S
+        are empty) made the share-weighted mix of their text neighbours' (see `scoring.text_neighbours`)."""
+        if not len(rows) or not neighbours.size:
+            return self
+        size = self.matrix.shape[0]
+        mix = sparse.csr_matrix(
+            (shares.ravel(), (neighbours.ravel(), np.repeat(rows, neighbours.shape[1]))), shape=(size, size)
+        )
+        matrix = self.matrix + self.matrix @ mix  # column j = Σ_k share_k S[:, k]: what speaks for j
+        matrix = (matrix + mix.T @ matrix).tolil()  # row j = Σ_k share_k S[k, :]: what j speaks for
+        matrix.setdiag(0.0)
+        matrix = matrix.tocsr()
+        matrix.eliminate_zeros()
+        return ItemItem(matrix.astype("float32"), self.alpha, self.method, self.decay, self.repeat_weight)
+
     def grow(self, rows: int) -> "ItemItem":
         """The same term over more rows (items added after training get no neighbours)."""
         if rows <= self.matrix.shape[0]:
@@ -184,7 +200,7 @@ def candidates(train: sparse.csr_matrix) -> list[tuple[str, sparse.csr_matrix]]:
     return [(f"itemknn(cosine, {NEIGHBOURS} neighbours)", cosine_neighbours(train, NEIGHBOURS))]
 
 
-def refit_item_item(term: ItemItem, train: sparse.csr_matrix) -> ItemItem:
+def refit_item_item(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.ndarray | None = None) -> ItemItem:
     """The same kind of term (method, λ, weight α) fitted again on more events.
 
     `train` learns the LSTM and chooses (S, α) on the training split; the run then keeps S fitted on training and
@@ -199,7 +215,19 @@ def refit_item_item(term: ItemItem, train: sparse.csr_matrix) -> ItemItem:
         matrix = cosine_neighbours(train, NEIGHBOURS)
     else:
         return term
-    return ItemItem(matrix, term.alpha, term.method, term.decay, term.repeat_weight)
+    return impute_empty(ItemItem(matrix, term.alpha, term.method, term.decay, term.repeat_weight), train, text_vectors)
+
+
+def impute_empty(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.ndarray | None) -> ItemItem:
+    """Items with no interaction in `train` borrow their text neighbours' columns and rows of S (no-op without
+    text vectors)."""
+    if text_vectors is None:
+        return term
+    from bigrec_cli.scoring import text_neighbours
+
+    counts = np.asarray(train.sum(axis=0)).ravel()
+    empty, known = np.flatnonzero(counts == 0) + 1, np.flatnonzero(counts > 0) + 1
+    return term.impute(empty, *text_neighbours(text_vectors, empty, known))
 
 
 def fit_item_item(
@@ -208,6 +236,7 @@ def fit_item_item(
     sequences: np.ndarray,
     targets: np.ndarray,
     excluded: list[np.ndarray],
+    text_vectors: np.ndarray | None = None,
 ) -> tuple[ItemItem, dict]:
     """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`; when
     history items may be recommended (`excluded` is None), then γ, the weight of the user's own recent items.
@@ -219,6 +248,8 @@ def fit_item_item(
         targets: (cases,) item index of each held-out event.
         excluded: Per case, the columns (item index − 1) excluded from the ranking (the history); None when
             repeats are allowed.
+        text_vectors: (rows, text_dim) BERT vectors: items without training interactions then borrow the columns
+            and rows of S of their nearest items by text.
 
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
@@ -231,7 +262,8 @@ def fit_item_item(
     best_score, best = ndcg(logits), ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
     tried = [{"method": "none", "alpha": 0.0, "val_ndcg@10": best_score}]
     spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
-    for method, matrix in candidates(train):
+    for method, fitted in candidates(train):
+        matrix = impute_empty(ItemItem(fitted, 1.0, method), train, text_vectors).matrix
         for decay in DECAY_GRID:
             raw = ItemItem(matrix, 1.0, method, decay).scores(sequences)
             scale = spread / (float(np.std(raw)) or 1.0)

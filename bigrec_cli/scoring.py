@@ -118,6 +118,49 @@ class ScorerWeights:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
+COLD_NEIGHBOURS = 10  # warm items whose learned parts an item without interactions borrows, by text similarity
+
+
+def text_neighbours(
+    text_vectors: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int = COLD_NEIGHBOURS, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `k` most similar candidate rows by the cosine of their BERT text vectors, and weights (the
+    similarities, clipped at 0 and normalised to sum 1; uniform when none is positive).
+
+    Returns:
+        (len(rows), k) candidate rows and (len(rows), k) weights.
+    """
+    k = min(k, len(candidates))
+    if not len(rows) or not k:
+        return np.zeros((len(rows), 0), dtype="int64"), np.zeros((len(rows), 0), dtype="float32")
+
+    def unit(vectors: np.ndarray) -> np.ndarray:
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    pool = unit(text_vectors[candidates].astype("float32"))
+    chosen, weights = [], []
+    for start in range(0, len(rows), chunk):
+        similarity = unit(text_vectors[rows[start : start + chunk]].astype("float32")) @ pool.T
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        values = np.clip(np.take_along_axis(similarity, top, axis=1), 0.0, None)
+        totals = values.sum(axis=1, keepdims=True)
+        weights.append(np.where(totals > 0, values / np.maximum(totals, 1e-12), 1.0 / k).astype("float32"))
+        chosen.append(candidates[top])
+    return np.concatenate(chosen), np.concatenate(weights)
+
+
+def impute_items(weights: ScorerWeights, rows: np.ndarray, candidates: np.ndarray) -> ScorerWeights:
+    """Give items without interactions (`rows`) the similarity-weighted mean ID vector and bias of their nearest
+    warm items by text (`candidates`): a new film of a series scores like the series, not like the median item."""
+    if not len(rows) or not len(candidates):
+        return weights
+    neighbours, shares = text_neighbours(weights.text_vectors, rows, candidates)
+    id_embedding, item_bias = weights.id_embedding.copy(), weights.item_bias.copy()
+    id_embedding[rows] = np.einsum("nk,nkd->nd", shares, weights.id_embedding[neighbours])
+    item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours])
+    return replace(weights, id_embedding=id_embedding, item_bias=item_bias)
+
+
 class Scorer:
     """Scores items for behaviour sequences with a trained run's weights.
 
@@ -166,12 +209,14 @@ class Scorer:
     def num_items(self) -> int:
         return len(self.item_ids)
 
-    def add_items(self, item_ids: list[str], text_vectors: np.ndarray) -> None:
-        """Make items unknown to the run scorable from their text vectors alone (no learned ID vector)."""
+    def add_items(self, item_ids: list[str], text_vectors: np.ndarray, impute: bool = True) -> None:
+        """Make items unknown to the run scorable: from their text vector, plus (with `impute`) the ID vector, bias
+        and item-to-item neighbours borrowed from the run's items nearest to them by text."""
         fresh = [index for index, item_id in enumerate(item_ids) if item_id not in self.index_of]
         if not fresh:
             return
         w = self.weights
+        known = np.arange(1, len(self.item_ids) + 1)
         self.weights = replace(
             w,
             text_vectors=np.concatenate([w.text_vectors, text_vectors[fresh]]),
@@ -181,8 +226,14 @@ class Scorer:
         for index in fresh:
             self.item_ids.append(item_ids[index])
             self.index_of[item_ids[index]] = len(self.item_ids)
+        added = np.arange(known[-1] + 1 if len(known) else 1, len(self.item_ids) + 1)
+        if impute:
+            # like items without interactions at training time: their text neighbours' learned parts
+            self.weights = impute_items(self.weights, added, known)
         if self.item_item is not None:
             self.item_item = self.item_item.grow(len(self.item_ids) + 1)
+            if impute:
+                self.item_item = self.item_item.impute(added, *text_neighbours(self.weights.text_vectors, added, known))
         self._refresh()
 
     def user_states(self, sequences: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from bigrec_cli.protocol import (
     training_windows,
     user_sequences,
 )
-from bigrec_cli.scoring import Scorer, ScorerWeights
+from bigrec_cli.scoring import Scorer, ScorerWeights, impute_items
 from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
@@ -217,14 +217,19 @@ def _fine_tune_parts(project: ProjectDir, texts: list[str]):
 
 
 def choose_item_item(
-    scorer: Scorer, sequences: dict, cases, max_len: int, exclude_history: bool = True
+    scorer: Scorer,
+    sequences: dict,
+    cases,
+    max_len: int,
+    exclude_history: bool = True,
+    text_vectors: np.ndarray | None = None,
 ) -> tuple[ItemItem | None, dict]:
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
     padded = left_pad(cases.histories, max_len)
     logits = scorer.logits(padded)
     excluded = [token_items(history) - 1 for history in cases.histories] if exclude_history else None
     train_matrix = history_matrix(sequences, scorer.num_items)
-    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded)
+    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors)
 
 
 def train(
@@ -320,10 +325,20 @@ def train(
     cold[0] = False
     reset_cold_items(model, cold)
     weights = export_scorer_weights(model)
+    if config.id_embedding and config.id_dropout == 0:
+        # Items without training interactions borrow their text neighbours' learned ID vector and bias (a model
+        # trained with id-dropout has learned to rank such items from text alone, with bias 0: left as it is).
+        weights = impute_items(weights, np.flatnonzero(cold), np.flatnonzero(~cold)[1:])
+    text_vectors = weights.text_vectors if config.id_dropout == 0 else None
     item_item, item_item_choice = None, {"chosen": {"method": "none"}}
     if config.item_item:
         item_item, item_item_choice = choose_item_item(
-            Scorer(weights, item_ids, event_types=event_types), sequences, cases, config.max_len, policy.exclude_history
+            Scorer(weights, item_ids, event_types=event_types),
+            sequences,
+            cases,
+            config.max_len,
+            policy.exclude_history,
+            text_vectors,
         )
     scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
@@ -331,7 +346,7 @@ def train(
     if item_item is not None and item_item.active:
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
         seen = user_sequences(events, (SPLIT_TRAIN, SPLIT_VALID))
-        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids)))
+        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids)), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
     final = write_run(
         project,

@@ -249,3 +249,51 @@ def test_repeat_weight_is_chosen_only_when_history_may_come_back():
     excluded = [row - 1 for row in sequences]
     term, record = fit_item_item(train, noise, sequences, targets, excluded)
     assert term.repeat_weight == 0 and not any("repeat_weight" in entry for entry in record["tried"])
+
+
+def test_items_without_interactions_borrow_their_text_neighbours_parts():
+    """By hand: item 3's text is close to item 1's and far from item 2's, so it takes mostly item 1's ID vector,
+    bias and item-to-item neighbours."""
+    from bigrec_cli.itemitem import ItemItem
+    from bigrec_cli.scoring import impute_items, text_neighbours
+
+    text = np.array([[0, 0], [1, 0], [0, 1], [3, 1]], dtype="float32")
+    neighbours, shares = text_neighbours(text, np.array([3]), np.array([1, 2]), k=2)
+    cosines = np.array([3, 1]) / np.sqrt(10)  # cos(item 3, item 1), cos(item 3, item 2)
+    assert neighbours.tolist() == [[1, 2]] or neighbours.tolist() == [[2, 1]]
+    order = np.argsort(neighbours[0])
+    np.testing.assert_allclose(shares[0][order], cosines / cosines.sum(), rtol=1e-6)  # 0.75, 0.25
+
+    matrix = sparse.csr_matrix(np.array([[0, 0, 0, 0], [0, 0, 2, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype="float32"))
+    term = ItemItem(matrix, alpha=1.0, method="test").impute(
+        np.array([3]), np.array([[1, 2]]), np.array([[0.75, 0.25]])
+    )
+    # column 3 = 0.75 S[:, 1] + 0.25 S[:, 2]; row 3 = 0.75 S'[1, :] + 0.25 S'[2, :], its diagonal dropped
+    expected = np.array([[0, 0, 0, 0], [0, 0, 2, 0.5], [0, 1, 0, 0.75], [0, 0.25, 1.5, 0]], dtype="float32")
+    np.testing.assert_allclose(term.matrix.toarray(), expected, rtol=1e-6)
+
+    from bigrec_cli.scoring import ScorerWeights
+
+    dim, units = 2, 1
+    weights = ScorerWeights.from_arrays(
+        {
+            "text_vectors": text,
+            "projection_kernel": np.eye(2),
+            "projection_bias": np.zeros(2),
+            "id_embedding": np.array([[0, 0], [4, 0], [0, 8], [0, 0]]),
+            "item_bias": np.array([0, 1.0, -3.0, 0]),
+            "lstm_kernel": np.zeros((dim, 4 * units)),
+            "lstm_recurrent_kernel": np.zeros((units, 4 * units)),
+            "lstm_bias": np.zeros(4 * units),
+            "user_kernel": np.zeros((units, dim)),
+            "user_bias": np.zeros(dim),
+            "history_kernel": np.zeros((dim, dim)),
+            "head_kernel": np.ones((dim, 1)),
+            "head_bias": np.zeros(1),
+            "cold_item_bias": np.zeros(1),
+        }
+    )
+    imputed = impute_items(weights, np.array([3]), np.array([1, 2]))
+    np.testing.assert_allclose(imputed.id_embedding[3], [3.0, 2.0], rtol=1e-6)  # 0.75 × (4, 0) + 0.25 × (0, 8)
+    assert imputed.item_bias[3] == pytest.approx(0.75 * 1.0 + 0.25 * -3.0)  # 0.0
+    np.testing.assert_array_equal(imputed.id_embedding[:3], weights.id_embedding[:3])
