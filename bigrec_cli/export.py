@@ -45,6 +45,7 @@ class ScorerModule(tf.Module):
         self.output_bias = tf.constant(scorer.output_bias[1:])
         self.item_ids = tf.constant(np.array(scorer.item_ids, dtype=object), dtype=tf.string)
         self.num_rows = len(scorer.item_ids) + 1
+        self.calibration = tf.constant(weights.calibration)
         term = scorer.item_item
         self.decay = term.decay if term is not None else 1.0
         self.repeat_weight = term.repeat_weight if term is not None else 0.0
@@ -104,7 +105,7 @@ class ScorerModule(tf.Module):
         return {
             "item_ids": tf.gather(self.item_ids, columns),
             "item_indices": tf.cast(columns, tf.int64) + 1,
-            "probabilities": tf.sigmoid(values),
+            "probabilities": tf.sigmoid(self.calibration[0] * values + self.calibration[1]),
         }
 
 

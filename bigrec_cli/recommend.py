@@ -16,7 +16,6 @@ from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir
-from bigrec_cli.scoring import sigmoid
 
 MAX_K = 1000
 STATE_CACHE_SIZE = 100_000
@@ -330,7 +329,7 @@ class Recommender:
         values = np.take_along_axis(logits, top, axis=1)
         order = np.argsort(-values, axis=1, kind="stable")
         top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
-        probabilities = sigmoid(values)
+        probabilities = self.scorer.probability(values)
         item_ids = self.scorer.item_ids
         return [
             [

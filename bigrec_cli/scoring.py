@@ -55,6 +55,7 @@ class ScorerWeights:
     head_kernel: np.ndarray  # (dim, 1)
     head_bias: np.ndarray  # (1,)
     cold_item_bias: np.ndarray  # (1,)
+    calibration: np.ndarray  # (2,): a, b of the probability sigmoid(a · logit + b), fitted on validation
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -78,6 +79,7 @@ class ScorerWeights:
             "head_kernel": (dim, 1),
             "head_bias": (1,),
             "cold_item_bias": (1,),
+            "calibration": (2,),
         }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
@@ -94,6 +96,8 @@ class ScorerWeights:
             arrays["cold_item_bias"] = np.median(arrays["item_bias"][1:], keepdims=True)
         if "history_kernel" not in arrays and "user_bias" in arrays:  # runs written before it existed
             arrays["history_kernel"] = np.zeros((len(arrays["user_bias"]),) * 2, dtype="float32")
+        if "calibration" not in arrays:  # runs written before it: the plain sigmoid of the logit
+            arrays["calibration"] = np.array([1.0, 0.0], dtype="float32")
         if "type_embedding" not in arrays and "projection_bias" in arrays:  # runs written before event types
             arrays["type_embedding"] = np.zeros((1, len(arrays["projection_bias"])), dtype="float32")
         names = {item.name for item in fields(cls)}
@@ -118,6 +122,7 @@ class ScorerWeights:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
+PROBABILITY_FLOOR = 1e-6  # a probability is never exactly 0 or 1, however far a logit lies
 COLD_NEIGHBOURS = 10  # warm items whose learned parts an item without interactions borrows, by text similarity
 
 
@@ -159,6 +164,48 @@ def impute_items(weights: ScorerWeights, rows: np.ndarray, candidates: np.ndarra
     id_embedding[rows] = np.einsum("nk,nkd->nd", shares, weights.id_embedding[neighbours])
     item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours])
     return replace(weights, id_embedding=id_embedding, item_bias=item_bias)
+
+
+def fit_calibration(positives: np.ndarray, negatives: np.ndarray, ridge: float = 1.0, steps: int = 50) -> np.ndarray:
+    """(a, b) of sigmoid(a · logit + b) by maximum likelihood on held-out positives against sampled negatives, so
+    the head's output stays a probability when the item-to-item term (chosen for ranking, not for calibration) is
+    added to the logit. Newton's method on standardised logits with a ridge, which keeps a finite when the
+    positives and negatives are perfectly separated."""
+    logits = np.concatenate([positives, negatives]).astype("float64")
+    # Platt's targets: (N₊ + 1) / (N₊ + 2) and 1 / (N₋ + 2), not 1 and 0, so a perfect separation stays finite.
+    labels = np.concatenate(
+        [
+            np.full(len(positives), (len(positives) + 1) / (len(positives) + 2)),
+            np.full(len(negatives), 1 / (len(negatives) + 2)),
+        ]
+    )
+    finite = np.isfinite(logits)
+    logits, labels = logits[finite], labels[finite]
+    if not len(positives) or not len(negatives) or not len(logits):
+        return np.array([1.0, 0.0], dtype="float32")
+    mean, spread = float(logits.mean()), float(logits.std()) or 1.0
+    features = np.stack([(logits - mean) / spread, np.ones_like(logits)], axis=1)
+
+    def objective(theta: np.ndarray) -> float:
+        z = features @ theta
+        return float(np.sum(np.logaddexp(0.0, z) - labels * z) + 0.5 * ridge * theta @ theta)
+
+    prior = float(np.clip(labels.mean(), 1e-6, 1 - 1e-6))
+    params = np.array([1.0, np.log(prior / (1 - prior))])
+    for _ in range(steps):
+        probabilities = 1.0 / (1.0 + np.exp(-np.clip(features @ params, -50, 50)))
+        gradient = features.T @ (probabilities - labels) + ridge * params
+        hessian = (features * (probabilities * (1 - probabilities))[:, None]).T @ features + ridge * np.eye(2)
+        step, current = np.linalg.solve(hessian, gradient), objective(params)
+        while objective(params - step) > current and np.abs(step).max() > 1e-12:  # damped: never uphill
+            step = step / 2
+        params = params - step
+        if np.abs(step).max() < 1e-9:
+            break
+    if params[0] <= 0:  # a logit that does not rank positives above negatives: keep the plain sigmoid
+        return np.array([1.0, 0.0], dtype="float32")
+    scale = params[0] / spread
+    return np.array([scale, params[1] - scale * mean], dtype="float32")
 
 
 class Scorer:
@@ -319,7 +366,13 @@ class Scorer:
 
     def probabilities(self, sequences: np.ndarray) -> np.ndarray:
         """Return the sigmoid engagement probabilities, (num_users, num_items)."""
-        return sigmoid(self.logits(sequences))
+        return self.probability(self.logits(sequences))
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        """The engagement probability of logits: sigmoid(a · logit + b), a and b fitted on validation (a > 0, so
+        the order of the items never changes)."""
+        a, b = self.weights.calibration.astype("float64")
+        return np.clip(sigmoid(a * np.asarray(logits, dtype="float64") + b), PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
     def encode_sequences(
         self, histories: list[list[str]], max_len: int, types: list[list[str]] | None = None

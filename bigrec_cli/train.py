@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,7 @@ from bigrec_cli.protocol import (
     training_windows,
     user_sequences,
 )
-from bigrec_cli.scoring import Scorer, ScorerWeights, impute_items
+from bigrec_cli.scoring import Scorer, ScorerWeights, fit_calibration, impute_items
 from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
@@ -232,6 +232,23 @@ def choose_item_item(
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors)
 
 
+def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:
+    """(a, b) that make sigmoid(a · logit + b) a probability on validation: each held-out event against
+    `config.negatives` items drawn uniformly from those the user never had, as in training."""
+    rng = np.random.default_rng([config.seed, 7])
+    positives, negatives = [], []
+    for start in range(0, len(cases.user_ids), 512):
+        histories = cases.histories[start : start + 512]
+        logits = scorer.logits(left_pad(histories, config.max_len))
+        for row, history in enumerate(histories):
+            target = int(cases.targets[start + row]) - 1
+            drawn = rng.integers(0, scorer.num_items, size=config.negatives * 2)
+            drawn = drawn[~np.isin(drawn, np.append(token_items(history) - 1, target))][: config.negatives]
+            positives.append(logits[row, target])
+            negatives.extend(logits[row, drawn])
+    return fit_calibration(np.array(positives), np.array(negatives))
+
+
 def train(
     project: ProjectDir,
     config: TrainConfig,
@@ -340,6 +357,7 @@ def train(
             policy.exclude_history,
             text_vectors,
         )
+    weights = replace(weights, calibration=calibrate(Scorer(weights, item_ids, item_item, event_types), cases, config))
     scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
     metrics = {f"val_{name}": value for name, value in report.items()}

@@ -297,3 +297,16 @@ def test_items_without_interactions_borrow_their_text_neighbours_parts():
     np.testing.assert_allclose(imputed.id_embedding[3], [3.0, 2.0], rtol=1e-6)  # 0.75 × (4, 0) + 0.25 × (0, 8)
     assert imputed.item_bias[3] == pytest.approx(0.75 * 1.0 + 0.25 * -3.0)  # 0.0
     np.testing.assert_array_equal(imputed.id_embedding[:3], weights.id_embedding[:3])
+
+
+def test_calibration_recovers_a_known_sigmoid():
+    """Labels drawn from sigmoid(2x − 1): maximum likelihood gives back a ≈ 2, b ≈ −1; logits that rank positives
+    below negatives keep the plain sigmoid (a must stay positive so the order of the items never changes)."""
+    from bigrec_cli.scoring import fit_calibration, sigmoid
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=2.0, size=40_000)
+    labels = rng.random(40_000) < sigmoid(2.0 * logits - 1.0)
+    a, b = fit_calibration(logits[labels], logits[~labels])
+    assert a == pytest.approx(2.0, abs=0.08) and b == pytest.approx(-1.0, abs=0.08)
+    assert fit_calibration(np.array([-5.0, -4.0]), np.array([4.0, 5.0, 6.0])).tolist() == [1.0, 0.0]
