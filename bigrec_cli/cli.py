@@ -134,7 +134,7 @@ WRITE_FAILURES = {
     errno.EDQUOT: "free some of your disk quota and run the command again",
     errno.EFBIG: "the file size limit (ulimit -f) is too small: raise it and run the command again",
     errno.EROFS: "the project is on a read-only file system: point --project-dir at a writable copy",
-    errno.EACCES: "the project is not writable by this user: check its permissions",
+    errno.EACCES: "this user may not read or write there: check the project's permissions",
 }
 
 
@@ -151,7 +151,8 @@ def user_errors() -> Iterator[None]:
         fix = WRITE_FAILURES.get(failure.errno or 0)
         if fix is None:
             raise
-        where = f"cannot write {failure.filename}" if failure.filename else "cannot write to the project"
+        verb = "access" if failure.errno == errno.EACCES else "write"  # EACCES may come from a read as well
+        where = f"cannot {verb} {failure.filename}" if failure.filename else f"cannot {verb} the project's files"
         error(f"{where}: {failure.strerror} — fix: {fix}")
         raise typer.Exit(EXIT_USER_ERROR) from None
 

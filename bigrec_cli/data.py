@@ -194,7 +194,7 @@ def input_files(spec: Path) -> tuple[list[Path], Path]:
     files and the folder that hive-style `key=value` folder names are read below.
     """
     text = str(spec)
-    if any(character in text for character in "*?["):
+    if not spec.exists() and any(character in text for character in "*?["):  # `ev[1].csv` may be a file name
         files = sorted(Path(name) for name in glob.glob(text, recursive=True) if Path(name).is_file())
         if not files:
             raise DataError(f"{spec} matches no file", hint="check the pattern (quote it so the shell keeps it)")
@@ -231,12 +231,16 @@ def read_events(spec: Path) -> tuple[pd.DataFrame, list[Path], list[int]]:
     frames, offsets = [], []
     for position, path in enumerate(files):
         frame, offset = read_table(path)
+        offsets.append(offset)
+        if frame.empty and len(files) > 1:  # an empty part of a data-lake folder (Spark writes them) holds no event
+            continue
         for column, value in hive_values(path, base).items():
             if column not in frame.columns:
                 frame[column] = value
         events = clean_events(frame, path, offset)
         frames.append(events.assign(_file=position, _row=np.arange(len(events))))
-        offsets.append(offset)
+    if not frames:
+        raise DataError(f"{spec}: every events file is empty", hint="give at least one event row")
     return (pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]), files, offsets
 
 

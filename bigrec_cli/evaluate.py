@@ -129,6 +129,7 @@ def evaluate(
         `{"run_id", "num_users", "ndcg@10", …, "auc", "log_loss", "baselines": {"pop": {…}, …}, "protocol"}`.
     """
     started = time.perf_counter()
+    project = project.pinned()
     run = load_run(run_dir or project.current_run_dir())
     scorer = run_scorer(run)
     max_len = run.config.max_len

@@ -189,7 +189,8 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
         if column not in frame.columns:
             continue
         raw = _text_column(frame, column)
-        missing = (raw == "").to_numpy() if column == "weight" and default_timestamp is not None else False
+        # Rows of feedback may leave the cell empty (a weight then counts 1, a rating stays unknown); files may not.
+        missing = (raw == "").to_numpy() if default_timestamp is not None else False
         values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
         fail(
             ~np.isfinite(values) & ~missing,
@@ -201,11 +202,7 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
                 else f"{column} {raw.iloc[row][:40]!r} is not a number"
             ),
         )
-        values = np.where(missing, 1.0, values)
-        if column == "weight":
-            events["weight"] = values
-        elif "weight" not in frame.columns:
-            events["rating"] = values
+        events[column] = np.where(missing, 1.0 if column == "weight" else np.nan, values)
     return EventCheck(events, failures)
 
 

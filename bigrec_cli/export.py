@@ -16,10 +16,11 @@ import numpy as np
 
 from bigrec_cli.artifacts import load_run, run_scorer
 from bigrec_cli.backend import tf
+from bigrec_cli.data import event_policy
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.events import TYPE_STRIDE
 from bigrec_cli.project import ProjectDir, atomic_directory
-from bigrec_cli.scoring import LSTM_ACTIVATION, LSTM_GATES, LSTM_RECURRENT_ACTIVATION, Scorer
+from bigrec_cli.scoring import LSTM_ACTIVATION, LSTM_GATES, LSTM_RECURRENT_ACTIVATION, PROBABILITY_FLOOR, Scorer
 
 FORMATS = ("savedmodel",)
 ACTIVATIONS = {"tanh": tf.tanh, "sigmoid": tf.sigmoid}
@@ -28,8 +29,9 @@ ACTIVATIONS = {"tanh": tf.tanh, "sigmoid": tf.sigmoid}
 class ScorerModule(tf.Module):
     """The scorer's forward pass as a tf.Module (constants only: nothing here is trained)."""
 
-    def __init__(self, scorer: Scorer, max_len: int) -> None:
+    def __init__(self, scorer: Scorer, max_len: int, exclude_history: bool = True) -> None:
         super().__init__(name="bigrec_scorer")
+        self.exclude_history = exclude_history  # the project's --repeats: exclude (films) or allow
         weights = scorer.weights
         self.max_len = max_len
         self.units = weights.lstm_recurrent_kernel.shape[0]
@@ -49,6 +51,7 @@ class ScorerModule(tf.Module):
         term = scorer.item_item
         self.decay = term.decay if term is not None else 1.0
         self.repeat_weight = term.repeat_weight if term is not None else 0.0
+        self.negative_types = list(term.negative_types) if term is not None else []
         if term is not None:
             matrix = (term.matrix * term.alpha).tocoo()
             self.item_item = tf.sparse.reorder(
@@ -90,7 +93,11 @@ class ScorerModule(tf.Module):
         logits = users @ tf.transpose(self.output_vectors) + self.output_bias
         if self.item_item is not None:  # each distinct history item once, at decay^(age of its latest occurrence)
             ages = tf.range(self.max_len - 1, -1, -1, dtype=tf.float32)
-            recency = tf.pow(tf.constant(self.decay, tf.float32), ages)[None, :] * present
+            positive = present
+            if self.negative_types:  # negative steps (cancel, dislike) never speak for an item in the term
+                negative = tf.reduce_any(types[:, :, None] == tf.constant(self.negative_types, tf.int64), axis=-1)
+                positive = present * (1.0 - tf.cast(negative, tf.float32))
+            recency = tf.pow(tf.constant(self.decay, tf.float32), ages)[None, :] * positive
             history = tf.reduce_max(tf.one_hot(sequences, self.num_rows) * recency[:, :, None], axis=1)
             term = tf.sparse.sparse_dense_matmul(self.item_item, tf.transpose(history), adjoint_a=True)
             logits += tf.transpose(term)[:, 1:] + self.repeat_weight * history[:, 1:]
@@ -99,13 +106,16 @@ class ScorerModule(tf.Module):
     def _top_k(self, sequences: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = self._logits(sequences)
         items = tf.math.floormod(sequences, TYPE_STRIDE)
-        seen = tf.reduce_max(tf.one_hot(items - 1, self.num_rows - 1), axis=1) > 0
-        logits = tf.where(seen, tf.fill(tf.shape(logits), -np.inf), logits)
+        if self.exclude_history:
+            seen = tf.reduce_max(tf.one_hot(items - 1, self.num_rows - 1), axis=1) > 0
+            logits = tf.where(seen, tf.fill(tf.shape(logits), -np.inf), logits)
         values, columns = tf.math.top_k(logits, k=tf.minimum(k, self.num_rows - 1))
         return {
             "item_ids": tf.gather(self.item_ids, columns),
             "item_indices": tf.cast(columns, tf.int64) + 1,
-            "probabilities": tf.sigmoid(self.calibration[0] * values + self.calibration[1]),
+            "probabilities": tf.clip_by_value(
+                tf.sigmoid(self.calibration[0] * values + self.calibration[1]), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR
+            ),
         }
 
 
@@ -114,7 +124,7 @@ def export(project: ProjectDir, destination: Path, *, run_id: str | None = None,
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     run = load_run(project.run_dir(run_id) if run_id else project.current_run_dir())
-    module = ScorerModule(run_scorer(run), run.config.max_len)
+    module = ScorerModule(run_scorer(run), run.config.max_len, event_policy(project).exclude_history)
     if destination.exists():
         shutil.rmtree(destination)
     with atomic_directory(destination) as staging:

@@ -249,6 +249,17 @@ def ingest(
     )
 
 
+def nobody_writes(path: Path) -> bool:
+    """True when no process can change the file: its file system is mounted read-only, or no one has write
+    permission on it and on its folder (root aside)."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return True
+        return not (path.stat().st_mode & 0o222) and not (path.parent.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def rollback_quietly(connection: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open, without hiding the error that caused it."""
     if connection.in_transaction:
@@ -445,16 +456,17 @@ class FeedbackStore:
             raise
 
     def _reader(self) -> sqlite3.Connection:
-        """A read-only connection. Under WAL, SQLite needs to create `-shm` beside the file even to read; in a
-        project nobody may write (a read-only mount or permissions), the file is opened immutable instead:
-        nothing can change it there anyway."""
+        """A read-only connection. Under WAL, SQLite needs to create `-shm` beside the file even to read; when
+        nobody can write the store (a read-only mount, or a file without write permission for anyone), it is
+        opened immutable instead: nothing can change it there. A store that only this user cannot write (another
+        account ingests into it) gets the clear error instead, never a stale immutable view."""
         connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         try:
             connection.execute("PRAGMA busy_timeout = 60000")
             connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.OperationalError as error:
             connection.close()
-            if "unable to open" not in str(error) or os.access(self.path.parent, os.W_OK):
+            if "unable to open" not in str(error) or not nobody_writes(self.path):
                 raise
             connection = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         return connection

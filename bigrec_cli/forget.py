@@ -50,6 +50,7 @@ class ForgetSummary:
 def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
     """Remove every event of `user_id` from the project's data, feedback store and rejects log."""
     project.require_data()
+    project = project.pinned()
     events = load_events(project)
     mine = (events["user_id"] == user_id).to_numpy()
     if mine.any():

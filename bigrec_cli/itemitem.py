@@ -19,14 +19,14 @@ numpy and scipy only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sparse
 
 from bigrec_cli.errors import ArtifactError
-from bigrec_cli.events import token_items
+from bigrec_cli.events import token_items, token_types
 from bigrec_cli.vectors import load_arrays, save_arrays
 
 # Scoring with a fitted term (recommend, serve) needs scipy.sparse only; fitting it (train) imports the baselines,
@@ -50,6 +50,8 @@ class ItemItem:
         decay: Weight of a history item per step of its age (1: all alike).
         repeat_weight: γ, how much a history item speaks for itself (projects whose history may be recommended
             again: the recency-weighted personal frequency); 0 otherwise.
+        negative_types: Event type ids of negative behaviour (cancel, dislike, …): such steps are read by the LSTM
+            but never speak for an item here.
     """
 
     matrix: sparse.csr_matrix
@@ -57,6 +59,10 @@ class ItemItem:
     method: str
     decay: float = 1.0
     repeat_weight: float = 0.0
+    negative_types: tuple[int, ...] = ()
+
+    def with_(self, **changes) -> "ItemItem":
+        return replace(self, **changes)
 
     @property
     def active(self) -> bool:
@@ -76,7 +82,7 @@ class ItemItem:
         """(users, rows) weights of each row's items: decay^(age) at the item's latest occurrence."""
         num_rows, length = sequences.shape
         rows = np.repeat(np.arange(num_rows), length)
-        columns = token_items(sequences).ravel()
+        columns = positive_items(sequences, self.negative_types).ravel()
         ages = np.tile(np.arange(length - 1, -1, -1), num_rows)
         present = np.flatnonzero(columns > 0)[::-1]  # latest first, so the first of each item is its latest
         keys = rows[present] * self.matrix.shape[0] + columns[present]
@@ -99,7 +105,7 @@ class ItemItem:
         matrix.setdiag(0.0)
         matrix = matrix.tocsr()
         matrix.eliminate_zeros()
-        return ItemItem(matrix.astype("float32"), self.alpha, self.method, self.decay, self.repeat_weight)
+        return self.with_(matrix=matrix.astype("float32"))
 
     def grow(self, rows: int) -> "ItemItem":
         """The same term over more rows (items added after training get no neighbours)."""
@@ -107,7 +113,7 @@ class ItemItem:
             return self
         matrix = self.matrix.copy()
         matrix.resize((rows, rows))
-        return ItemItem(matrix.tocsr(), self.alpha, self.method, self.decay, self.repeat_weight)
+        return self.with_(matrix=matrix.tocsr())
 
     def save(self, path: Path) -> None:
         matrix = self.matrix.tocsr()
@@ -121,6 +127,7 @@ class ItemItem:
             method=np.array(self.method),
             decay=np.array([self.decay], dtype="float32"),
             repeat_weight=np.array([self.repeat_weight], dtype="float32"),
+            negative_types=np.array(self.negative_types, dtype="int64"),
         )
 
     @classmethod
@@ -132,17 +139,30 @@ class ItemItem:
             )
             decay = float(arrays["decay"][0]) if "decay" in arrays else 1.0  # runs from before the decay: 1
             repeat = float(arrays["repeat_weight"][0]) if "repeat_weight" in arrays else 0.0
-            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]), decay, repeat)
+            negative = tuple(int(n) for n in arrays["negative_types"]) if "negative_types" in arrays else ()
+            return cls(matrix, float(arrays["alpha"][0]), str(arrays["method"]), decay, repeat, negative)
         except (KeyError, ValueError, IndexError) as error:
             raise ArtifactError(f"{path} is damaged: {error}", hint="train again") from None
 
 
-def history_matrix(sequences: dict[str, np.ndarray], num_items: int) -> sparse.csr_matrix:
-    """Binary users × items (columns 0…N-1 for items 1…N) from token sequences."""
+def positive_items(tokens: np.ndarray, negative_types: tuple[int, ...] = ()) -> np.ndarray:
+    """The item index of each token, 0 (padding) where the step is negative behaviour."""
+    items = token_items(tokens)
+    if negative_types:
+        items = np.where(np.isin(token_types(tokens), negative_types), 0, items)
+    return items
+
+
+def history_matrix(
+    sequences: dict[str, np.ndarray], num_items: int, negative_types: tuple[int, ...] = ()
+) -> sparse.csr_matrix:
+    """Binary users × items (columns 0…N-1 for items 1…N) from token sequences; negative steps leave no mark."""
     rows = np.repeat(np.arange(len(sequences)), [len(sequence) for sequence in sequences.values()])
-    columns = token_items(np.concatenate(list(sequences.values()))) - 1 if sequences else np.zeros(0, dtype="int64")
+    tokens = np.concatenate(list(sequences.values())) if sequences else np.zeros(0, dtype="int64")
+    columns = positive_items(tokens, negative_types) - 1
+    kept = columns >= 0
     matrix = sparse.csr_matrix(
-        (np.ones(len(rows), dtype="float32"), (rows, columns)), shape=(len(sequences), num_items)
+        (np.ones(int(kept.sum()), dtype="float32"), (rows[kept], columns[kept])), shape=(len(sequences), num_items)
     )
     matrix.data[:] = 1.0
     return matrix
@@ -215,7 +235,7 @@ def refit_item_item(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.n
         matrix = cosine_neighbours(train, NEIGHBOURS)
     else:
         return term
-    return impute_empty(ItemItem(matrix, term.alpha, term.method, term.decay, term.repeat_weight), train, text_vectors)
+    return impute_empty(term.with_(matrix=matrix), train, text_vectors)
 
 
 def impute_empty(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.ndarray | None) -> ItemItem:
@@ -237,6 +257,7 @@ def fit_item_item(
     targets: np.ndarray,
     excluded: list[np.ndarray],
     text_vectors: np.ndarray | None = None,
+    negative_types: tuple[int, ...] = (),
 ) -> tuple[ItemItem, dict]:
     """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`; when
     history items may be recommended (`excluded` is None), then γ, the weight of the user's own recent items.
@@ -250,6 +271,7 @@ def fit_item_item(
             repeats are allowed.
         text_vectors: (rows, text_dim) BERT vectors: items without training interactions then borrow the columns
             and rows of S of their nearest items by text.
+        negative_types: Event type ids of negative behaviour, left out of the term's history.
 
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
@@ -259,19 +281,20 @@ def fit_item_item(
     def ndcg(scores: np.ndarray) -> float:
         return ranking_report(ranks_of_targets(scores, targets - 1, excluded), (10,))["ndcg@10"]
 
-    best_score, best = ndcg(logits), ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
+    none = sparse.csr_matrix((1, 1), dtype="float32")
+    best_score, best = ndcg(logits), ItemItem(none, 0.0, "none", negative_types=negative_types)
     tried = [{"method": "none", "alpha": 0.0, "val_ndcg@10": best_score}]
     spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
     for method, fitted in candidates(train):
-        matrix = impute_empty(ItemItem(fitted, 1.0, method), train, text_vectors).matrix
+        matrix = impute_empty(ItemItem(fitted, 1.0, method, negative_types=negative_types), train, text_vectors).matrix
         for decay in DECAY_GRID:
-            raw = ItemItem(matrix, 1.0, method, decay).scores(sequences)
+            raw = ItemItem(matrix, 1.0, method, decay, negative_types=negative_types).scores(sequences)
             scale = spread / (float(np.std(raw)) or 1.0)
             for alpha in ALPHA_GRID[1:]:
                 score = ndcg(logits + alpha * scale * raw)
                 tried.append({"method": method, "decay": decay, "alpha": alpha * scale, "val_ndcg@10": score})
                 if score > best_score:
-                    best_score, best = score, ItemItem(matrix, alpha * scale, method, decay)
+                    best_score, best = score, ItemItem(matrix, alpha * scale, method, decay, 0.0, negative_types)
     if excluded is None:  # repeats allowed: how much do the user's own recent items speak for themselves?
         best_score, best = _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tried)
     chosen = {
@@ -290,9 +313,9 @@ def _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tri
     size = logits.shape[1] + 1
     empty = sparse.csr_matrix((size, size), dtype="float32")  # no co-occurrence term: S = 0
     for decay in [best.decay] if best.alpha else DECAY_GRID:
-        base = best if best.alpha else ItemItem(empty, 0.0, "none", decay)
+        base = best if best.alpha else best.with_(matrix=empty, method="none", decay=decay)
         scores = logits + base.scores(sequences) if best.alpha else logits
-        own = ItemItem(base.matrix, 0.0, base.method, decay, 1.0).scores(sequences)
+        own = base.with_(alpha=0.0, decay=decay, repeat_weight=1.0).scores(sequences)
         scale = spread / (float(np.std(own)) or 1.0)
         for weight in ALPHA_GRID[1:]:
             score = ndcg(scores + weight * scale * own)
@@ -307,5 +330,5 @@ def _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tri
             )
             if score > best_score:
                 best_score = score
-                chosen = ItemItem(base.matrix, base.alpha, base.method, decay, weight * scale)
+                chosen = base.with_(decay=decay, repeat_weight=weight * scale)
     return best_score, chosen

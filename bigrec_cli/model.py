@@ -302,7 +302,12 @@ def reset_cold_items(model: SequenceRecommender, cold: np.ndarray) -> None:
 
 
 def warm_start(
-    model: SequenceRecommender, weights: ScorerWeights, old_item_ids: list[str], new_item_ids: list[str]
+    model: SequenceRecommender,
+    weights: ScorerWeights,
+    old_item_ids: list[str],
+    new_item_ids: list[str],
+    old_event_types: list[str] | None = None,
+    new_event_types: list[str] | None = None,
 ) -> None:
     """Copy a previous run's weights into a model whose catalog may have grown or been reordered.
 
@@ -324,6 +329,12 @@ def warm_start(
     model.lstm.cell.set_weights([weights.lstm_kernel, weights.lstm_recurrent_kernel, weights.lstm_bias])
     model.user_projection.set_weights([weights.user_kernel, weights.user_bias])
     model.history_projection.set_weights([weights.history_kernel])
-    if weights.type_embedding.shape == tuple(model.event_types.shape):  # the same event types as before
-        model.event_types.assign(weights.type_embedding)
+    # Event type vectors follow their type's name (ids follow frequency, so new data may reorder them); the new
+    # reference type (id 0) stays zero, and types the previous run did not know start from zero.
+    old_type = {name: row for row, name in enumerate(old_event_types or []) if row < len(weights.type_embedding)}
+    types = np.zeros(model.event_types.shape, dtype="float32")
+    for row, name in enumerate(new_event_types or []):
+        if row > 0 and row < types.shape[0] and name in old_type:
+            types[row] = weights.type_embedding[old_type[name]]
+    model.event_types.assign(types)
     model.head.set_weights([weights.head_kernel, weights.head_bias])

@@ -186,14 +186,24 @@ class ProjectDir:
 
     Args:
         root: The directory given by `--project-dir` or `BIGREC_PROJECT_DIR`.
+        data_version: A data version to read whatever `data/CURRENT` says later (see `pinned`).
     """
 
     root: Path
+    data_version: str | None = None
+
+    def pinned(self) -> "ProjectDir":
+        """This project with its data version fixed to the one in use now: an operation that reads data.json,
+        the events and the items one after the other never mixes two versions while `preprocess` runs."""
+        version = self.data_dir.name if (self.root / DATA_DIR / DATA_CURRENT_FILE).exists() else None
+        return ProjectDir(self.root, version)
 
     @property
     def data_dir(self) -> Path:
         """The folder of the data version in use (`data/CURRENT` names it; projects from before versions: `data/`)."""
         base = self.root / DATA_DIR
+        if self.data_version is not None:
+            return base / self.data_version
         try:
             name = (base / DATA_CURRENT_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -214,9 +224,11 @@ class ProjectDir:
         atomic_write_bytes(base / DATA_CURRENT_FILE, (name + "\n").encode())
         _fsync_dir(base)
         versions = sorted(path for path in base.iterdir() if path.is_dir() and path.name.startswith("v-"))
-        for old in versions[:-keep] if keep else versions:
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        stale = [old for old in versions[:-keep] if old.name != name]
+        # staging folders of a preprocess that was killed hold a whole copy of the events: they go too
+        stale += [path for path in base.iterdir() if path.is_dir() and path.name.startswith(".v-")]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=keep > 1)  # forgetting a user (keep=1) must not leave a copy quietly
         for legacy in (EVENTS_FILE, ITEMS_FILE, DATA_META_FILE):  # a project's files from before versions
             (base / legacy).unlink(missing_ok=True)
 

@@ -90,7 +90,7 @@ class Recommender:
     """
 
     def __init__(self, project: ProjectDir, run_dir: Path | None = None) -> None:
-        self.project = project
+        project = self.project = project.pinned()
         self.run = load_run(run_dir or project.current_run_dir())
         self.scorer = live_scorer(project, self.run)
         self.max_len = self.run.config.max_len

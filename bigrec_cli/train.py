@@ -223,13 +223,14 @@ def choose_item_item(
     max_len: int,
     exclude_history: bool = True,
     text_vectors: np.ndarray | None = None,
+    negative_types: tuple[int, ...] = (),
 ) -> tuple[ItemItem | None, dict]:
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
     padded = left_pad(cases.histories, max_len)
     logits = scorer.logits(padded)
     excluded = [token_items(history) - 1 for history in cases.histories] if exclude_history else None
-    train_matrix = history_matrix(sequences, scorer.num_items)
-    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors)
+    train_matrix = history_matrix(sequences, scorer.num_items, negative_types)
+    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types)
 
 
 def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:
@@ -277,6 +278,7 @@ def train(
         The run id, its directory, the best epoch and its validation metrics.
     """
     started = time.perf_counter()
+    project = project.pinned()
     project.require_features()
     # A run holds a copy of the item vectors plus the learned per-item arrays and the item-to-item term.
     project.require_room(3 * project.item_vectors_path.stat().st_size + RUN_ROOM_BYTES)
@@ -324,7 +326,14 @@ def train(
     model = build_model(config, table, bert=bert, token_table=token_table, num_event_types=len(event_types))
     if warm_start_from is not None:
         previous = load_run(warm_start_from)
-        warm_start(model, ScorerWeights.load(previous.directory / RUN_SCORER), previous.item_ids, item_ids)
+        warm_start(
+            model,
+            ScorerWeights.load(previous.directory / RUN_SCORER),
+            previous.item_ids,
+            item_ids,
+            previous.event_types,
+            event_types,
+        )
     batches = WindowBatches(inputs, targets, target_weights, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(
@@ -337,7 +346,12 @@ def train(
         model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
-    counts = np.bincount(token_items(np.concatenate(list(sequences.values()))), minlength=len(item_ids) + 1)
+    counts = np.bincount(  # an item is known from its positive training events (negative ones alone teach little)
+        token_items(
+            np.concatenate(list(user_sequences(events[events["split"] == SPLIT_TRAIN], (SPLIT_TRAIN,)).values()))
+        ),
+        minlength=len(item_ids) + 1,
+    )
     cold = counts == 0
     cold[0] = False
     reset_cold_items(model, cold)
@@ -347,6 +361,7 @@ def train(
         # trained with id-dropout has learned to rank such items from text alone, with bias 0: left as it is).
         weights = impute_items(weights, np.flatnonzero(cold), np.flatnonzero(~cold)[1:])
     text_vectors = weights.text_vectors if config.id_dropout == 0 else None
+    negative_types = tuple(event_types.index(name) for name in policy.negative_events if name in event_types)
     item_item, item_item_choice = None, {"chosen": {"method": "none"}}
     if config.item_item:
         item_item, item_item_choice = choose_item_item(
@@ -356,7 +371,10 @@ def train(
             config.max_len,
             policy.exclude_history,
             text_vectors,
+            negative_types,
         )
+    # Calibrated where S has not seen the targets (S from training events); the S kept below also saw validation
+    # events, which moves logits little, and a calibration on those would be fitted on what S memorised.
     weights = replace(weights, calibration=calibrate(Scorer(weights, item_ids, item_item, event_types), cases, config))
     scorer = Scorer(weights, item_ids, item_item, event_types)
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
@@ -364,7 +382,7 @@ def train(
     if item_item is not None and item_item.active:
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
         seen = user_sequences(events, (SPLIT_TRAIN, SPLIT_VALID))
-        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids)), text_vectors)
+        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids), negative_types), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
     final = write_run(
         project,

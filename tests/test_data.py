@@ -145,10 +145,13 @@ def test_row_order_of_the_input_changes_nothing(tmp_path):
     assert events_a.duplicated(["user_id", "timestamp"]).sum() > 100, "the data really has ties"
 
 
-def test_data_is_replaced_as_one_version(tmp_path, project, items_csv, monkeypatch):
+def test_data_is_replaced_as_one_version(tmp_path, project, items_csv):
     """events, items and data.json of one preprocess are switched in together, by one atomic write of
     data/CURRENT: a crash after the new Parquet files are written leaves the old version in use, whole."""
-    from bigrec_cli import data as data_module
+    import signal
+    import subprocess
+    import sys
+
     from bigrec_cli.data import load_events
 
     first = write(tmp_path / "first.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
@@ -157,19 +160,25 @@ def test_data_is_replaced_as_one_version(tmp_path, project, items_csv, monkeypat
     layout = ProjectDir(project)
     old_dir, old_meta = layout.data_dir, json.loads(layout.data_meta_path.read_text())
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # the process dies after both Parquet files of the new version are written
-
-    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(data_module, "atomic_write_json", killed)
-        data_module.preprocess(layout, events_path=second, items_path=items_csv)
+    # A real SIGKILL once both Parquet files of the new version are written, before its data.json: no cleanup runs.
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from bigrec_cli import data\n"
+        "from bigrec_cli.project import ProjectDir\n"
+        "data.atomic_write_json = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "data.preprocess(ProjectDir(Path(sys.argv[1])), events_path=Path(sys.argv[2]), items_path=Path(sys.argv[3]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(project), str(second), str(items_csv)])
+    assert killed.returncode == -signal.SIGKILL
     assert layout.data_dir == old_dir and json.loads(layout.data_meta_path.read_text()) == old_meta
     assert load_events(layout)["user_id"].unique().tolist() == ["u"]
-    assert sorted(path.name for path in (project / "data").iterdir()) == ["CURRENT", old_dir.name]
+    leftovers = [path.name for path in (project / "data").iterdir() if path.name.startswith(".v-")]
+    assert len(leftovers) == 1, "the killed run's staging folder is all that is left"
     for _ in range(3):
         assert invoke("preprocess", "--events", str(second), "--items", str(items_csv)).exit_code == 0
     versions = [path for path in (project / "data").iterdir() if path.is_dir()]
-    assert len(versions) == 2, "the version in use and the one before it"
+    assert len(versions) == 2, "the version in use and the one before it; the killed run's staging folder is gone"
     assert load_events(layout)["user_id"].unique().tolist() == ["v"]
     assert json.loads(layout.data_meta_path.read_text())["num_events"] == 4
 
@@ -203,6 +212,7 @@ def test_events_from_a_folder_a_glob_and_hive_partitions(tmp_path, project, item
     )
     write(lake / "event=view" / "part-0.csv", "user_id,item_id,timestamp\nu,c,2\nv,a,1\nv,b,2\nv,c,3\n")
     write(lake / "_SUCCESS", "")
+    pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}).to_parquet(lake / "event=view" / "part-9.parquet")
     assert invoke("preprocess", "--events", str(lake), "--items", str(items_csv)).exit_code == 0
     events = load_events(ProjectDir(project))
     assert list(zip(events["user_id"], events["item_id"], events["event"]))[:3] == [
@@ -220,3 +230,5 @@ def test_events_from_a_folder_a_glob_and_hive_partitions(tmp_path, project, item
     assert bad.exit_code == 1 and "part-1.csv: item_id 'zzz'" in bad.stderr and "line 3" in bad.stderr
     empty = invoke("preprocess", "--events", str(tmp_path / "nothing-*.csv"), "--items", str(items_csv))
     assert empty.exit_code == 1 and "matches no file" in empty.stderr
+    bracketed = write(tmp_path / "events[1].csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    assert invoke("preprocess", "--events", str(bracketed), "--items", str(items_csv)).exit_code == 0

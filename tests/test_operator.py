@@ -169,12 +169,20 @@ def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
 
     size = scorer.num_items + 1
     matrix = sparse.random(size, size, density=0.05, random_state=0, format="csr", dtype="float32")
-    scorer.item_item = ItemItem(matrix, alpha=0.7, method="test", decay=0.8, repeat_weight=0.3)
+    negative = (len(run.event_types) - 1,)  # the last type read as negative behaviour: no say in the term
+    scorer.item_item = ItemItem(matrix, alpha=0.7, method="test", decay=0.8, repeat_weight=0.3, negative_types=negative)
     module = ScorerModule(scorer, run.config.max_len)
     np.testing.assert_allclose(module.logits(tf.constant(sequences)).numpy(), scorer.logits(sequences), atol=1e-5)
     top = loaded.signatures["serving_default"](sequences=tf.constant(sequences), k=tf.constant(5))
     assert top["item_ids"].shape == (6, 5)
-    assert not set(top["item_indices"].numpy()[1]) & set(sequences[1][sequences[1] > 0])
+    history = set(sequences[1][sequences[1] > 0] % TYPE_STRIDE)
+    assert not set(top["item_indices"].numpy()[1]) & history, "the project excludes history items"
+    allowed = ScorerModule(scorer, run.config.max_len, exclude_history=False).top_k(
+        tf.constant(sequences), tf.constant(scorer.num_items)
+    )
+    assert set(allowed["item_indices"].numpy()[1]) >= history, "with repeats allowed, history items may come back"
+    probabilities = allowed["probabilities"].numpy()
+    assert (probabilities > 0).all() and (probabilities < 1).all()
 
 
 def test_bigrec_toml_sets_options_and_flags_override_it(trained_copy):
@@ -310,3 +318,18 @@ def test_calibration_recovers_a_known_sigmoid():
     a, b = fit_calibration(logits[labels], logits[~labels])
     assert a == pytest.approx(2.0, abs=0.08) and b == pytest.approx(-1.0, abs=0.08)
     assert fit_calibration(np.array([-5.0, -4.0]), np.array([4.0, 5.0, 6.0])).tolist() == [1.0, 0.0]
+
+
+def test_negative_steps_never_speak_for_an_item_in_the_term():
+    """A cancelled item (type 1, negative) neither boosts its neighbours nor itself, and leaves no mark in the
+    matrix S is fitted on; the same item bought (type 0) does both."""
+    from bigrec_cli.events import TYPE_STRIDE
+    from bigrec_cli.itemitem import ItemItem, history_matrix
+
+    matrix = sparse.csr_matrix(np.array([[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype="float32"))
+    term = ItemItem(matrix, alpha=1.0, method="test", repeat_weight=2.0, negative_types=(1,))
+    bought, cancelled = np.array([[0, 1, 2]]), np.array([[0, 1, 2 + TYPE_STRIDE]])
+    np.testing.assert_allclose(term.scores(bought), [[2, 3, 1]])  # item 2: 1 (from 1) + 2 (itself); item 3: 1
+    np.testing.assert_allclose(term.scores(cancelled), [[2, 1, 0]])  # only item 1 speaks
+    fitted = history_matrix({"u": np.array([1, 2 + TYPE_STRIDE])}, 3, negative_types=(1,))
+    assert fitted.toarray().tolist() == [[1, 0, 0]]

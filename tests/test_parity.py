@@ -123,3 +123,19 @@ def test_scorer_weights_check_names_and_shapes():
         ScorerWeights.from_arrays({name: value for name, value in arrays.items() if name != "user_bias"})
     with pytest.raises(ArtifactError, match=r"unknown \['extra'\]"):
         ScorerWeights.from_arrays({**arrays, "extra": np.zeros(1)})
+
+
+def test_warm_start_carries_event_type_vectors_by_name(small_bert):
+    """New data may reorder the type ids (they follow frequency): a retrain's start keeps each type's vector."""
+    from dataclasses import replace
+
+    from bigrec_cli.model import export_scorer_weights, warm_start
+
+    previous = randomized_model({}, small_bert, num_event_types=3)
+    weights = export_scorer_weights(previous)  # types: view (0, reference), purchase (1), cancel (2)
+    weights = replace(weights, type_embedding=np.array([[0.0] * 8, [1.0] * 8, [2.0] * 8]))
+    model = randomized_model({}, small_bert, num_event_types=4)
+    items = [f"i{index}" for index in range(1, NUM_ITEMS + 1)]
+    warm_start(model, weights, items, items, ["view", "purchase", "cancel"], ["view", "cancel", "return", "purchase"])
+    types = model.event_types.numpy()
+    np.testing.assert_array_equal(types[:, 0], [0.0, 2.0, 0.0, 1.0])  # cancel, a new type at zero, purchase
