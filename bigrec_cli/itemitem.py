@@ -250,22 +250,58 @@ def impute_empty(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.ndar
     return term.impute(empty, *text_neighbours(text_vectors, empty, known))
 
 
+class _Cases:
+    """The validation cases, scored one batch of users at a time: memory grows with the batch, never with
+    users × items (a million-item catalog has no room for a dense matrix of every case)."""
+
+    def __init__(self, logits, sequences, targets, excluded, batch_size: int = 1024) -> None:
+        self.logits_of = logits if callable(logits) else (lambda start, stop: logits[start:stop])
+        self.sequences, self.targets, self.excluded = sequences, targets, excluded
+        self.batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
+
+    def std(self, values_of) -> float:
+        """The standard deviation of every finite value `values_of(start, stop)` gives, over all batches."""
+        count = total = squares = 0.0
+        for start, stop in self.batches:
+            values = values_of(start, stop)
+            values = values[np.isfinite(values)].astype("float64")
+            count, total, squares = count + values.size, total + values.sum(), squares + (values**2).sum()
+        if not count:
+            return 0.0
+        return float(np.sqrt(max(squares / count - (total / count) ** 2, 0.0)))
+
+    def ndcg(self, variants) -> list[float]:
+        """NDCG@10 of each scoring variant: `variants(start, stop)` yields one score matrix per variant."""
+        from bigrec_cli.metrics import ranking_report, ranks_of_targets
+
+        ranks: list[list[np.ndarray]] = []
+        for start, stop in self.batches:
+            excluded = self.excluded[start:stop] if self.excluded is not None else None
+            for position, scores in enumerate(variants(start, stop)):
+                if position == len(ranks):
+                    ranks.append([])
+                ranks[position].append(ranks_of_targets(scores, self.targets[start:stop] - 1, excluded))
+        return [ranking_report(np.concatenate(parts), (10,))["ndcg@10"] for parts in ranks]
+
+
 def fit_item_item(
     train: sparse.csr_matrix,
-    logits: np.ndarray,
+    logits,
     sequences: np.ndarray,
     targets: np.ndarray,
-    excluded: list[np.ndarray],
+    excluded: list[np.ndarray] | None,
     text_vectors: np.ndarray | None = None,
     negative_types: tuple[int, ...] = (),
+    batch_size: int = 1024,
 ) -> tuple[ItemItem, dict]:
     """Fit S on the training matrix and choose (S, decay, α) by validation NDCG@10 of `logits + α · term`; when
     history items may be recommended (`excluded` is None), then γ, the weight of the user's own recent items.
 
     Args:
         train: Binary users × items of the training split (the only data S sees).
-        logits: (cases, items) LSTM logits of the validation cases.
-        sequences: (cases, max_len) their index sequences.
+        logits: The LSTM logits of the validation cases: a (cases, items) array, or a function of (start, stop)
+            that returns those rows (so the cases are scored in batches of `batch_size`).
+        sequences: (cases, max_len) their token sequences.
         targets: (cases,) item index of each held-out event.
         excluded: Per case, the columns (item index − 1) excluded from the ranking (the history); None when
             repeats are allowed.
@@ -276,27 +312,29 @@ def fit_item_item(
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
     """
-    from bigrec_cli.metrics import ranking_report, ranks_of_targets
-
-    def ndcg(scores: np.ndarray) -> float:
-        return ranking_report(ranks_of_targets(scores, targets - 1, excluded), (10,))["ndcg@10"]
-
+    cases = _Cases(logits, sequences, targets, excluded, batch_size)
     none = sparse.csr_matrix((1, 1), dtype="float32")
-    best_score, best = ndcg(logits), ItemItem(none, 0.0, "none", negative_types=negative_types)
+    (best_score,) = cases.ndcg(lambda start, stop: [cases.logits_of(start, stop)])
+    best = ItemItem(none, 0.0, "none", negative_types=negative_types)
     tried = [{"method": "none", "alpha": 0.0, "val_ndcg@10": best_score}]
-    spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
+    spread = cases.std(cases.logits_of) or 1.0
     for method, fitted in candidates(train):
         matrix = impute_empty(ItemItem(fitted, 1.0, method, negative_types=negative_types), train, text_vectors).matrix
         for decay in DECAY_GRID:
-            raw = ItemItem(matrix, 1.0, method, decay, negative_types=negative_types).scores(sequences)
-            scale = spread / (float(np.std(raw)) or 1.0)
-            for alpha in ALPHA_GRID[1:]:
-                score = ndcg(logits + alpha * scale * raw)
-                tried.append({"method": method, "decay": decay, "alpha": alpha * scale, "val_ndcg@10": score})
+            term = ItemItem(matrix, 1.0, method, decay, negative_types=negative_types)
+            scale = spread / (cases.std(lambda start, stop, term=term: term.scores(sequences[start:stop])) or 1.0)
+            alphas = [alpha * scale for alpha in ALPHA_GRID[1:]]
+
+            def variants(start: int, stop: int, term=term, alphas=alphas):
+                base, raw = cases.logits_of(start, stop), term.scores(sequences[start:stop])
+                return (base + alpha * raw for alpha in alphas)
+
+            for alpha, score in zip(alphas, cases.ndcg(variants)):
+                tried.append({"method": method, "decay": decay, "alpha": alpha, "val_ndcg@10": score})
                 if score > best_score:
-                    best_score, best = score, ItemItem(matrix, alpha * scale, method, decay, 0.0, negative_types)
+                    best_score, best = score, ItemItem(matrix, alpha, method, decay, 0.0, negative_types)
     if excluded is None:  # repeats allowed: how much do the user's own recent items speak for themselves?
-        best_score, best = _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tried)
+        best_score, best = _choose_repeat_weight(best, best_score, cases, spread, tried)
     chosen = {
         "method": best.method,
         "alpha": best.alpha,
@@ -307,28 +345,36 @@ def fit_item_item(
     return best, {"tried": tried, "chosen": chosen}
 
 
-def _choose_repeat_weight(best, best_score, logits, sequences, ndcg, spread, tried):
+def _choose_repeat_weight(best: ItemItem, best_score: float, cases: _Cases, spread: float, tried: list):
     """γ (and, without a co-occurrence term, the decay) on top of the chosen term, by validation NDCG@10."""
     chosen = best
-    size = logits.shape[1] + 1
+    size = len(cases.logits_of(0, 1)[0]) + 1
     empty = sparse.csr_matrix((size, size), dtype="float32")  # no co-occurrence term: S = 0
+    sequences = cases.sequences
     for decay in [best.decay] if best.alpha else DECAY_GRID:
         base = best if best.alpha else best.with_(matrix=empty, method="none", decay=decay)
-        scores = logits + base.scores(sequences) if best.alpha else logits
-        own = base.with_(alpha=0.0, decay=decay, repeat_weight=1.0).scores(sequences)
-        scale = spread / (float(np.std(own)) or 1.0)
-        for weight in ALPHA_GRID[1:]:
-            score = ndcg(scores + weight * scale * own)
+        own = base.with_(alpha=0.0, decay=decay, repeat_weight=1.0)
+        scale = spread / (cases.std(lambda start, stop, own=own: own.scores(sequences[start:stop])) or 1.0)
+        weights = [weight * scale for weight in ALPHA_GRID[1:]]
+
+        def variants(start: int, stop: int, base=base, own=own, weights=weights):
+            scores = cases.logits_of(start, stop)
+            if base.alpha:
+                scores = scores + base.scores(sequences[start:stop])
+            mine = own.scores(sequences[start:stop])
+            return (scores + weight * mine for weight in weights)
+
+        for weight, score in zip(weights, cases.ndcg(variants)):
             tried.append(
                 {
                     "method": base.method,
                     "decay": decay,
                     "alpha": base.alpha,
-                    "repeat_weight": weight * scale,
+                    "repeat_weight": weight,
                     "val_ndcg@10": score,
                 }
             )
             if score > best_score:
                 best_score = score
-                chosen = base.with_(decay=decay, repeat_weight=weight * scale)
+                chosen = base.with_(decay=decay, repeat_weight=weight)
     return best_score, chosen

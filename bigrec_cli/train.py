@@ -227,7 +227,16 @@ def choose_item_item(
 ) -> tuple[ItemItem | None, dict]:
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
     padded = left_pad(cases.histories, max_len)
-    logits = scorer.logits(padded)
+    # The LSTM's user vectors once (cases × dim), in batches; each batch's logits are computed when scored.
+    states = (
+        np.concatenate([scorer.user_states(padded[start : start + 512]) for start in range(0, len(padded), 512)])
+        if len(padded)
+        else np.zeros((0, scorer.weights.projection_kernel.shape[1]), dtype="float32")
+    )
+
+    def logits(start: int, stop: int) -> np.ndarray:
+        return scorer.logits_from_states(states[start:stop])
+
     excluded = [token_items(history) - 1 for history in cases.histories] if exclude_history else None
     train_matrix = history_matrix(sequences, scorer.num_items, negative_types)
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types)

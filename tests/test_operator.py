@@ -333,3 +333,30 @@ def test_negative_steps_never_speak_for_an_item_in_the_term():
     np.testing.assert_allclose(term.scores(cancelled), [[2, 1, 0]])  # only item 1 speaks
     fitted = history_matrix({"u": np.array([1, 2 + TYPE_STRIDE])}, 3, negative_types=(1,))
     assert fitted.toarray().tolist() == [[1, 0, 0]]
+
+
+def test_item_item_choice_is_the_same_in_batches_of_users():
+    """Scoring the validation cases in batches (memory bounded by the batch) chooses what one batch chooses."""
+    from bigrec_cli.itemitem import fit_item_item
+
+    rng = np.random.default_rng(4)
+    train = sparse.csr_matrix((rng.random((150, 30)) < 0.2).astype("float32"))
+    sequences = rng.integers(0, 31, size=(60, 6))
+    targets = rng.integers(1, 31, size=60)
+    logits = rng.normal(size=(60, 30)).astype("float32")
+    for excluded in ([row[row > 0] - 1 for row in sequences], None):
+        whole, record = fit_item_item(train, logits, sequences, targets, excluded, batch_size=10_000)
+        batched, batched_record = fit_item_item(
+            train, lambda start, stop: logits[start:stop], sequences, targets, excluded, batch_size=7
+        )
+        assert (batched.method, batched.decay, batched.repeat_weight) == (
+            whole.method,
+            whole.decay,
+            whole.repeat_weight,
+        )
+        assert batched.alpha == pytest.approx(whole.alpha, rel=1e-5)
+        np.testing.assert_allclose(
+            [entry["val_ndcg@10"] for entry in batched_record["tried"]],
+            [entry["val_ndcg@10"] for entry in record["tried"]],
+            rtol=1e-6,
+        )
