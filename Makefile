@@ -100,3 +100,10 @@ bench-latency: install
 .PHONY: bench-soak
 bench-soak: install
 	$(BIN)/python bench/soak.py
+
+# Synthetic Zipf events at scale through preprocess (add extract,train with SCALE_STAGES); 100M: SCALE_EVENTS=100000000.
+SCALE_EVENTS ?= 10000000
+SCALE_STAGES ?= preprocess
+.PHONY: bench-scale
+bench-scale: install
+	$(BIN)/python bench/scale.py --events $(SCALE_EVENTS) --stages $(SCALE_STAGES)

@@ -1,0 +1,132 @@
+"""Synthetic data at scale, and how `preprocess` (and optionally `extract` and one training epoch) cope with it.
+
+Usage: `python bench/scale.py [--events 10_000_000] [--stages preprocess,extract,train] [--out DIR]`
+(`make bench-scale` runs SCALE_EVENTS, 10M by default, through preprocess).
+
+Protocol: a generator writes `events/part-XXXX.parquet` (1M rows each, written one part at a time so its own
+memory stays bounded) and `items.csv`. Users and items are drawn with Zipf-like skew (rank^-1.1), one user and one
+item per 100 events (at least 1,000 of each), timestamps rise over a year with
+uniform jitter, event types are 80% view, 15% cart, 5% purchase, and each item's text is 8 words from a
+1,000-word vocabulary plus its category. numpy default_rng(seed 0) throughout. Each stage runs as its own
+`bigrec` process (the generic CLI, as a user would run it) and is timed by wall clock; its peak resident memory
+comes from the kernel's accounting of that process alone (`ru_maxrss` of RUSAGE_CHILDREN in a fresh wrapper).
+Absolute times on 2 shared cores are noisy: run it more than once before comparing. Writes
+bench/results/scale-<events>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from results_io import protocol, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work" / "scale"
+RESULTS = ROOT / "bench" / "results"
+PART_ROWS = 1_000_000
+TYPES = np.array(["view", "cart", "purchase"])
+TYPE_SHARES = np.array([0.80, 0.15, 0.05])
+
+
+def zipf_draw(rng: np.random.Generator, size: int, population: int, exponent: float = 1.1) -> np.ndarray:
+    """Ranks 0…population-1 drawn ∝ (rank + 1)^-exponent (a Zipf law truncated at the population)."""
+    weights = np.arange(1, population + 1, dtype="float64") ** -exponent
+    cumulative = np.cumsum(weights / weights.sum())
+    return np.minimum(np.searchsorted(cumulative, rng.random(size), side="right"), population - 1)
+
+
+def generate(folder: Path, num_events: int, seed: int = 0) -> dict:
+    """Write the synthetic events (Parquet parts) and items (CSV) into `folder`; return their counts."""
+    rng = np.random.default_rng(seed)
+    num_users = max(1_000, num_events // 100)
+    num_items = max(1_000, num_events // 100)
+    events_dir = folder / "events"
+    events_dir.mkdir(parents=True, exist_ok=True)
+    user_ids = rng.permutation(num_users)  # the most active user is not user 0
+    item_ids = rng.permutation(num_items)
+    start, year = 1_700_000_000.0, 365 * 86_400.0
+    for part, first in enumerate(range(0, num_events, PART_ROWS)):
+        size = min(PART_ROWS, num_events - first)
+        times = start + year * (first + np.arange(size)) / num_events + rng.uniform(0, 3_600, size)
+        frame = pd.DataFrame(
+            {
+                "user_id": np.char.add("u", user_ids[zipf_draw(rng, size, num_users)].astype(str)),
+                "item_id": np.char.add("i", item_ids[zipf_draw(rng, size, num_items)].astype(str)),
+                "timestamp": times.round(0).astype("int64"),
+                "event": TYPES[np.searchsorted(np.cumsum(TYPE_SHARES), rng.random(size), side="right").clip(0, 2)],
+            }
+        )
+        frame.to_parquet(events_dir / f"part-{part:04d}.parquet", index=False)
+    vocabulary = np.array([f"w{index}" for index in range(1_000)])
+    words = vocabulary[rng.integers(0, len(vocabulary), size=(num_items, 8))]
+    categories = rng.integers(0, 50, size=num_items)
+    pd.DataFrame(
+        {
+            "item_id": [f"i{index}" for index in range(num_items)],
+            "title": [" ".join(row) for row in words],
+            "category": [f"category {category}" for category in categories],
+        }
+    ).to_csv(folder / "items.csv", index=False)
+    return {"events": num_events, "users": num_users, "items": num_items}
+
+
+# Runs one command and prints the peak RSS (KiB) of that command alone: RUSAGE_CHILDREN of a fresh process.
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
+def stage(name: str, args: list[str], project: Path) -> dict:
+    """Run one `bigrec` stage as its own process; its wall time and peak RSS."""
+    env = {**os.environ, "BIGREC_PROJECT_DIR": str(project)}
+    peak_file = project.parent / f".peak-{name}"
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "bigrec_cli", *args]
+    subprocess.run([sys.executable, "-c", MEASURE, str(peak_file), *command], cwd=ROOT, env=env, check=True)
+    seconds = time.perf_counter() - started
+    peak_kib = int(peak_file.read_text())  # KiB on Linux
+    return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_kib / 2**20, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=lambda text: int(text.replace("_", "")), default=10_000_000)
+    parser.add_argument("--stages", default="preprocess")
+    parser.add_argument("--out", type=Path, default=WORK)
+    options = parser.parse_args()
+    folder = options.out / f"data-{options.events}"
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        started = time.perf_counter()
+        meta = generate(folder, options.events)
+        meta["generate_seconds"] = round(time.perf_counter() - started, 1)
+        meta_path.write_text(json.dumps(meta))
+    meta = json.loads(meta_path.read_text())
+    project = options.out / f"project-{options.events}"
+    commands = {
+        "preprocess": ["preprocess", "--events", str(folder / "events"), "--items", str(folder / "items.csv")],
+        "extract": ["extract", "--bert", "minilm"],
+        "train": ["train", "--epochs", "1"],
+    }
+    results = [stage(name, commands[name], project) for name in options.stages.split(",")]
+    for result in results:
+        print(f"{options.events:,} events, {result['stage']}: {result['seconds']} s, {result['peak_rss_gib']} GiB")
+    write_result(
+        RESULTS / f"scale-{options.events}.json",
+        {"data": meta, "stages": results, "cpu_count": os.cpu_count(), "protocol": protocol(__doc__)},
+    )
+
+
+if __name__ == "__main__":
+    main()
