@@ -80,10 +80,17 @@ def test_items_without_interactions_get_the_cold_bias(trained_copy, id_dropout, 
     arrays = load_arrays(run.directory / "scorer.npz")
     expected = 0.0 if expect_zero else float(np.median(arrays["item_bias"][1:]))
     assert arrays["cold_item_bias"][0] == pytest.approx(expected, abs=1e-6)
+    text = np.ones((1, arrays["text_vectors"].shape[1]), "float32")
     scorer = run_scorer(run)
-    scorer.add_items(["brand-new"], np.ones((1, arrays["text_vectors"].shape[1]), "float32"))
+    scorer.add_items(["brand-new"], text, impute=False)
     assert scorer.weights.item_bias[-1] == pytest.approx(expected, abs=1e-6)
     assert not scorer.weights.id_embedding[-1].any()
+    if not expect_zero:  # as `live_scorer` does for such runs: the learned parts of its text neighbours
+        borrowed = run_scorer(run)
+        borrowed.add_items(["brand-new"], text)
+        biases = arrays["item_bias"][1:]
+        assert biases.min() <= borrowed.weights.item_bias[-1] <= biases.max()
+        assert borrowed.weights.id_embedding[-1].any()
 
 
 def test_scorer_reads_runs_written_before_the_cold_bias_existed(trained_project):
