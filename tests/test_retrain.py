@@ -34,8 +34,10 @@ def test_retrain_folds_feedback_in_and_promotes(trained_copy):
 
 
 def test_worse_candidate_is_rejected_with_exit_3(trained_copy):
-    # A current run well trained (its LSTM ahead of the item-to-item term alone), then a candidate whose LSTM a
-    # learning rate of 0.5 wrecks: the term keeps it from zero, but it stays below the current run.
+    # A current run well trained, then a candidate whose LSTM a learning rate of 0.5 wrecks. Both without the
+    # item-to-item term (through bigrec.toml, which retrain reads): on the sample data the term alone is strong
+    # enough to carry a wrecked LSTM level with a good one, and this test is about the gate, not the term.
+    (trained_copy / "bigrec.toml").write_text("[train]\nitem-item = false\n")
     assert invoke("train", "--project-dir", str(trained_copy), "--epochs", "16", "--seed", "0").exit_code == 0
     project = ProjectDir(trained_copy)
     before = project.current_run_id()
