@@ -273,7 +273,7 @@ class Scorer:
         for index in fresh:
             self.item_ids.append(item_ids[index])
             self.index_of[item_ids[index]] = len(self.item_ids)
-        added = np.arange(known[-1] + 1 if len(known) else 1, len(self.item_ids) + 1)
+        added = np.arange(len(known) + 1, len(self.item_ids) + 1)
         if impute:
             # like items without interactions at training time: their text neighbours' learned parts
             self.weights = impute_items(self.weights, added, known)

@@ -355,12 +355,8 @@ def train(
         model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
-    counts = np.bincount(  # an item is known from its positive training events (negative ones alone teach little)
-        token_items(
-            np.concatenate(list(user_sequences(events[events["split"] == SPLIT_TRAIN], (SPLIT_TRAIN,)).values()))
-        ),
-        minlength=len(item_ids) + 1,
-    )
+    # an item is known from its positive training events (negative ones alone teach little)
+    counts = np.bincount(events.loc[events["split"] == SPLIT_TRAIN, "index"].to_numpy(), minlength=len(item_ids) + 1)
     cold = counts == 0
     cold[0] = False
     reset_cold_items(model, cold)

@@ -33,6 +33,28 @@ def isolated_env(monkeypatch, cache_dir, tmp_path):
     monkeypatch.setenv("BIGREC_BERT", "tiny")
 
 
+def zero_scorer_arrays(rows: int, text_dim: int, dim: int, units: int) -> dict:
+    """Every array a ScorerWeights needs (its pre-calibration, pre-type fields), zero and of the right shape."""
+    import numpy as np
+
+    return {
+        "text_vectors": np.zeros((rows, text_dim)),
+        "projection_kernel": np.zeros((text_dim, dim)),
+        "projection_bias": np.zeros(dim),
+        "id_embedding": np.zeros((rows, dim)),
+        "item_bias": np.zeros(rows),
+        "lstm_kernel": np.zeros((dim, 4 * units)),
+        "lstm_recurrent_kernel": np.zeros((units, 4 * units)),
+        "lstm_bias": np.zeros(4 * units),
+        "user_kernel": np.zeros((units, dim)),
+        "user_bias": np.zeros(dim),
+        "history_kernel": np.zeros((dim, dim)),
+        "head_kernel": np.zeros((dim, 1)),
+        "head_bias": np.zeros(1),
+        "cold_item_bias": np.zeros(1),
+    }
+
+
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input)
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sparse
 
 from bigrec_cli.project import ProjectDir, read_json_lines
-from tests.conftest import SAMPLE, invoke
+from tests.conftest import SAMPLE, invoke, zero_scorer_arrays
 
 
 def answer(project, *args):
@@ -282,25 +282,15 @@ def test_items_without_interactions_borrow_their_text_neighbours_parts():
 
     from bigrec_cli.scoring import ScorerWeights
 
-    dim, units = 2, 1
-    weights = ScorerWeights.from_arrays(
-        {
-            "text_vectors": text,
-            "projection_kernel": np.eye(2),
-            "projection_bias": np.zeros(2),
-            "id_embedding": np.array([[0, 0], [4, 0], [0, 8], [0, 0]]),
-            "item_bias": np.array([0, 1.0, -3.0, 0]),
-            "lstm_kernel": np.zeros((dim, 4 * units)),
-            "lstm_recurrent_kernel": np.zeros((units, 4 * units)),
-            "lstm_bias": np.zeros(4 * units),
-            "user_kernel": np.zeros((units, dim)),
-            "user_bias": np.zeros(dim),
-            "history_kernel": np.zeros((dim, dim)),
-            "head_kernel": np.ones((dim, 1)),
-            "head_bias": np.zeros(1),
-            "cold_item_bias": np.zeros(1),
-        }
+    arrays = zero_scorer_arrays(rows=4, text_dim=2, dim=2, units=1)
+    arrays.update(
+        text_vectors=text,
+        projection_kernel=np.eye(2),
+        id_embedding=np.array([[0, 0], [4, 0], [0, 8], [0, 0]]),
+        item_bias=np.array([0, 1.0, -3.0, 0]),
+        head_kernel=np.ones((2, 1)),
     )
+    weights = ScorerWeights.from_arrays(arrays)
     imputed = impute_items(weights, np.array([3]), np.array([1, 2]))
     np.testing.assert_allclose(imputed.id_embedding[3], [3.0, 2.0], rtol=1e-6)  # 0.75 × (4, 0) + 0.25 × (0, 8)
     assert imputed.item_bias[3] == pytest.approx(0.75 * 1.0 + 0.25 * -3.0)  # 0.0

@@ -8,7 +8,7 @@ Keras reference with the scorer built from the exported weights.
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, zero_scorer_arrays
 
 NUM_ITEMS, TEXT_DIM, MAX_LEN = 12, 16, 7
 CASES = {
@@ -99,23 +99,8 @@ def test_scorer_weights_check_names_and_shapes():
     from bigrec_cli.errors import ArtifactError
     from bigrec_cli.scoring import ScorerWeights
 
-    rows, text_dim, dim, units = 4, 5, 3, 2
-    arrays = {
-        "text_vectors": np.zeros((rows, text_dim)),
-        "projection_kernel": np.zeros((text_dim, dim)),
-        "projection_bias": np.zeros(dim),
-        "id_embedding": np.zeros((rows, dim)),
-        "item_bias": np.zeros(rows),
-        "lstm_kernel": np.zeros((dim, 4 * units)),
-        "lstm_recurrent_kernel": np.zeros((units, 4 * units)),
-        "lstm_bias": np.zeros(4 * units),
-        "user_kernel": np.zeros((units, dim)),
-        "user_bias": np.zeros(dim),
-        "history_kernel": np.zeros((dim, dim)),
-        "head_kernel": np.zeros((dim, 1)),
-        "head_bias": np.zeros(1),
-        "cold_item_bias": np.zeros(1),
-    }
+    units = 2
+    arrays = zero_scorer_arrays(rows=4, text_dim=5, dim=3, units=units)
     assert ScorerWeights.from_arrays(arrays).lstm_bias.dtype == np.float32
     with pytest.raises(ArtifactError, match="lstm_bias has shape"):
         ScorerWeights.from_arrays({**arrays, "lstm_bias": np.zeros(3 * units)})
