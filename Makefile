@@ -84,9 +84,13 @@ $(REF_VENV)/.installed:
 bench-reference-fixture: bench-reference-env
 	$(REF_VENV)/bin/python bench/make_bert_reference.py
 
-.PHONY: bench-quality bench-coldstart
+.PHONY: bench-quality bench-coldstart bench-tune
 bench-quality: install
 	$(BIN)/python bench/quality.py
+
+# `bigrec tune --budget 30m` on ml-100k and online-retail, then the tuned configuration with 3 seeds (~2 h).
+bench-tune: install
+	$(BIN)/python bench/tune.py
 
 bench-coldstart: install
 	$(BIN)/python bench/coldstart.py

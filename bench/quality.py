@@ -59,16 +59,22 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
-def run_dataset(name: str) -> dict:
+def prepare(name: str, project: Path) -> tuple[dict, dict, list[str]]:
+    """Convert the dataset (once), then `preprocess` and `extract` it into the project: (preprocess report, meta,
+    preprocess options)."""
     source, options = PREPROCESS.get(name, (name, []))
     folder = WORK / "datasets" / source
     if not (folder / "events.csv").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "datasets.py"), source], cwd=ROOT, check=True)
     meta = json.loads((folder / "meta.json").read_text())
-    project = WORK / "quality" / name
     events, items = str(folder / "events.csv"), str(folder / "items.csv")
     data = json.loads(bigrec(project, "preprocess", "--events", events, "--items", items, "--json", *options))
     bigrec(project, "extract", "--bert", "minilm")
+    return data, meta, options
+
+
+def train_seeds(name: str, project: Path) -> dict:
+    """Train (options from the project's bigrec.toml, if any) and evaluate once per seed: every model's summary."""
     reports, seconds = [], []
     for seed in SEEDS:
         started = time.perf_counter()
@@ -93,14 +99,26 @@ def run_dataset(name: str) -> dict:
             metric: summary([report["baselines"][baseline][metric] for report in reports]) for metric in METRICS
         }
     return {
+        "models": models,
+        "repeats": reports[0]["protocol"]["repeats"],
+        "settings": reports[0].get("baseline_settings"),
+    }
+
+
+def run_dataset(name: str) -> dict:
+    project = WORK / "quality" / name
+    data, meta, options = prepare(name, project)
+    trained = train_seeds(name, project)
+    models = trained["models"]
+    return {
         "dataset": name,
         "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
         "preprocess_options": options,
         "split": {key: data[key] for key in ("num_train", "num_valid", "num_test")},
-        "repeats": reports[0]["protocol"]["repeats"],
+        "repeats": trained["repeats"],
         "seeds": list(SEEDS),
         "models": models,
-        "baseline_settings": reports[0].get("baseline_settings"),
+        "baseline_settings": trained["settings"],
         "ratio_to_ease": models["bigrec"]["ndcg@10"]["mean"] / models["ease"]["ndcg@10"]["mean"],
         "cpu_count": os.cpu_count(),
         "protocol": protocol(__doc__),

@@ -705,7 +705,8 @@ def tune(
     """Search learning rate, sizes, dropout, negatives, ID dropout, max_len and loss on the validation split.
 
     Optuna (TPE sampler, median pruning on each epoch's validation NDCG@10); the study is kept in the project's
-    tune.sqlite3, so running tune again continues it. The best configuration goes into bigrec.toml [train].
+    tune.sqlite3, so running tune again continues it; a new study starts from the configuration in use. The best
+    configuration goes into bigrec.toml [train].
     """
     with user_errors():
         project = ProjectDir(project_dir)

@@ -5,7 +5,8 @@ figure early stopping and the item-to-item term already use; the test split is n
 proposes the next configuration, and a median pruner stops a trial whose per-epoch validation NDCG@10 is below
 the median of earlier trials at the same epoch. The study lives in `tune.sqlite3` in the project directory, so a
 second `bigrec tune` continues it. The best configuration is written into `bigrec.toml`'s [train] table, which
-the next `train` and `retrain` read.
+the next `train` and `retrain` read. A new study's first trial is the configuration in use (the defaults, or
+bigrec.toml's [train]), so the search starts from it and never writes a configuration that validated worse.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict({**base.to_dict(), **values})
 
 
+def starting_point(config: TrainConfig) -> dict[str, Any]:
+    """The searched parameters of a configuration: the first trial of a new study."""
+    return {name: getattr(config, name) for name in SEARCH_SPACE}
+
+
 def write_train_table(project: ProjectDir, values: dict[str, Any]) -> None:
     """Set [train] options in `bigrec.toml`, keeping every other table and option (comments are not kept)."""
     tables = read_project_config(project.root)
@@ -124,6 +130,8 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed + len(optuna_trials(project))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
     )
+    if not study.trials:  # a new study starts from the configuration in use, so tune never ends below it
+        study.enqueue_trial(starting_point(base))
 
     def objective(trial) -> float:
         config = suggest(trial, TrainConfig.from_dict({**base.to_dict(), "seed": seed}))

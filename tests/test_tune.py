@@ -5,8 +5,9 @@ import sqlite3
 
 import pytest
 
+from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import ConfigError
-from bigrec_cli.tune import parse_budget
+from bigrec_cli.tune import SEARCH_SPACE, parse_budget
 from tests.conftest import invoke
 
 
@@ -25,6 +26,10 @@ def test_tune_writes_the_best_configuration_and_resumes(trained_copy):
     assert first.exit_code == 0, first.stderr
     result = json.loads(first.stdout)
     assert len(result["trials"]) == 2 and set(result["best"]) >= {"learning_rate", "dim", "max_len", "loss"}
+    defaults = TrainConfig()
+    assert {name: result["trials"][0][name] for name in SEARCH_SPACE} == {
+        name: getattr(defaults, name) for name in SEARCH_SPACE
+    }, "a new study starts from the configuration in use"
     shown = {
         (row["command"], row["option"]): row
         for row in json.loads(invoke("config", "show", "--project-dir", str(trained_copy), "--json").stdout)
