@@ -25,6 +25,9 @@ from bigrec_cli.errors import ArtifactError, DataError, StoreBusyError
 from bigrec_cli.events import frame_from_objects, validate_events
 from bigrec_cli.project import ProjectDir
 
+# Page cache of each thread's read connection (SQLite's default is 2 MiB). A server keeps one per worker thread (up
+# to 40) and each request reads one user's rows through an index, so a small cache bounds memory at no cost.
+READER_CACHE_KIB = 256
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "m001_events_items",
@@ -463,6 +466,7 @@ class FeedbackStore:
         connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         try:
             connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.OperationalError as error:
             connection.close()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -239,16 +240,20 @@ def test_reloads_do_not_leak_store_connections(app, trained_copy):
     shutil.copytree(first, second)
     with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as client:
         client.post("/feedback", json=[{"user_id": "u0001", "item_id": "i0001"}])
-        handles = []
+        handles, served = [], []
         for swap in range(24):
             project.promote(second if swap % 2 == 0 else first)
             assert watcher.check() is True
+            served.append(weakref.ref(watcher.state.recommender))
             for _ in range(4):
                 assert client.get("/recommend", params={"user": "u0001"}).status_code == 200
             time.sleep(0.05)
             handles.append(open_handles(project.feedback_db))
         # without closing, every swap left the old model's connections open: 5, 9, 13, … handles
         assert max(handles) - min(handles) <= 4, handles
+        time.sleep(0.2)
+        # a retired model is released whole, frozen as it was when it loaded: only the one in use is alive
+        assert [ref() is not None for ref in served].count(True) == 1
 
 
 # Bug 8: a busy port ---------------------------------------------------------------------------------------------
