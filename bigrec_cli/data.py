@@ -6,21 +6,45 @@ import csv
 import glob
 import hashlib
 import io
+import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from bigrec_cli.config import DEFAULT_NEGATIVE_EVENTS
 from bigrec_cli.errors import DataError
-from bigrec_cli.events import LOW_RATING_EVENT, MAX_ID_LENGTH, REQUIRED_EVENT_COLUMNS, map_event_types, validate_events
+from bigrec_cli.events import (
+    LOW_RATING_EVENT,
+    MAX_ID_LENGTH,
+    REQUIRED_EVENT_COLUMNS,
+    Failure,
+    map_event_types,
+    validate_events,
+)
+from bigrec_cli.lake import (
+    SHARD_EVENTS,
+    SHARD_HASH,
+    SHARD_NAME,
+    SPLIT_NEGATIVE,
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
+    ShardTotals,
+    Spill,
+    fingerprint,
+    shard_count,
+    shard_files,
+    tie_breaker,
+    write_shard,
+)
 from bigrec_cli.project import (
     DATA_META_FILE,
-    EVENTS_FILE,
+    EVENTS_DIR,
     ITEMS_FILE,
     ProjectDir,
     atomic_file,
@@ -29,8 +53,6 @@ from bigrec_cli.project import (
     read_json,
 )
 
-SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
-SPLIT_NEGATIVE = "negative"  # negative behaviour (a cancellation, a dislike): never a training or held-out target
 DEDUPE_MODES = ("exact", "latest")
 REPEAT_MODES = ("exclude", "allow")
 RESERVED_ITEM_COLUMNS = ("item_id", "title", "text", "item_index")
@@ -56,6 +78,9 @@ MOVIELENS_GENRES = (
     "Western",
 )
 MAX_SHOWN = 5
+SPILL_DIR = "_spill"  # the hash buckets, inside the staging folder of the new version; gone once it is done
+BATCH_ROWS = 500_000  # rows of an events file read and validated at once: what reading keeps in memory
+LINE_OFFSETS = {".csv": 2, ".tsv": 2, ".txt": 2, ".jsonl": 1, ".json": 1, ".ndjson": 1, ".parquet": 0}
 
 
 @contextmanager
@@ -105,6 +130,27 @@ def read_user_ids(path: Path) -> list[str]:
     return users
 
 
+def table_format(path: Path) -> str:
+    """The format a file's suffix names (`.csv`, `.tsv`, `.jsonl`, `.parquet`, …), refusing others."""
+    suffix = path.suffix.lower()
+    if suffix not in LINE_OFFSETS:
+        raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
+    return suffix
+
+
+@contextmanager
+def reading_table(path: Path, suffix: str) -> Iterator[None]:
+    """`reading`, plus parser errors turned into one DataError naming the file and its format."""
+    try:
+        with reading(path):
+            yield
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty", hint="give a file with a header row and at least one row") from None
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path} cannot be read as {suffix[1:]}: {first}", hint="check the file's format") from None
+
+
 def read_table(path: Path) -> tuple[pd.DataFrame, int]:
     """Read a CSV, JSON lines or Parquet file with every column as text where the format allows.
 
@@ -115,30 +161,57 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
         The frame and the offset that turns a row index into the file's line number (2 for CSV, 1 for JSON lines,
         0 for Parquet where rows have no line).
     """
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson", ".parquet"):
-        raise DataError(f"{path} has an unknown format {suffix!r}", hint="use .csv, .tsv, .jsonl or .parquet")
-    try:
-        with reading(path):
-            if suffix == ".parquet":
-                return pd.read_parquet(path), 0
-            text = read_text(path)
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return pd.read_json(io.StringIO(text), lines=True, dtype=False), 1
-        separator = "\t" if suffix == ".tsv" else ","
-        check_field_counts(text, path, separator)
-        return pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False), 2
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty", hint="give a file with a header row and at least one row") from None
-    except (ValueError, pd.errors.ParserError, OSError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path} cannot be read as {suffix[1:]}: {first}", hint="check the file's format") from None
+    (frame,) = read_batches(path, batch_rows=None)
+    return frame, LINE_OFFSETS[path.suffix.lower()]
 
 
-def check_field_counts(text: str, path: Path, separator: str) -> None:
+def read_batches(path: Path, batch_rows: int | None = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """Read a CSV, JSON lines or Parquet file in frames of at most `batch_rows` rows (None: one frame), in the
+    file's order, every column as text where the format allows. At least one frame comes, empty for a file
+    without rows (with the header's columns)."""
+    suffix = table_format(path)
+    with reading_table(path, suffix):
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as parquet
+
+            if batch_rows is None:
+                yield pd.read_parquet(path)
+                return
+            source = parquet.ParquetFile(path)
+            empty = True
+            for batch in source.iter_batches(batch_size=batch_rows):
+                empty = False
+                yield pa.Table.from_batches([batch]).to_pandas()
+            if empty:
+                yield source.schema_arrow.empty_table().to_pandas()
+        elif suffix in (".jsonl", ".json", ".ndjson"):
+            if batch_rows is None:
+                yield pd.read_json(io.StringIO(read_text(path)), lines=True, dtype=False)
+                return
+            empty = True
+            with pd.read_json(path, lines=True, dtype=False, chunksize=batch_rows, encoding="utf-8-sig") as reader:
+                for frame in reader:
+                    empty = False
+                    yield frame
+            if empty:
+                yield pd.DataFrame()
+        else:
+            separator = "\t" if suffix == ".tsv" else ","
+            with open(path, encoding="utf-8-sig", newline="") as stream:
+                check_field_counts(stream, path, separator)
+            options = dict(sep=separator, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            if batch_rows is None:
+                yield pd.read_csv(path, **options)
+                return
+            with pd.read_csv(path, chunksize=batch_rows, **options) as reader:
+                yield from reader
+
+
+def check_field_counts(lines: Iterable[str], path: Path, separator: str) -> None:
     """Refuse rows with more or fewer fields than the header: pandas would shift or drop them silently."""
     csv.field_size_limit(1 << 30)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    reader = csv.reader(lines, delimiter=separator)
     header = next(reader, None)
     if header is None:
         return
@@ -223,25 +296,45 @@ def hive_values(path: Path, base: Path) -> dict[str, str]:
     return dict(part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
 
 
-def read_events(spec: Path) -> tuple[pd.DataFrame, list[Path], list[int]]:
-    """Read and validate every events file that `spec` names; each file is checked on its own, so an error names
-    the file and its line. Hive folder values fill columns the files lack. Returns the events (with `_file`, the
-    file's position, and `_row`, the row in it), the files and each file's row-to-line offset."""
-    files, base = input_files(spec)
-    frames, offsets = [], []
-    for position, path in enumerate(files):
-        frame, offset = read_table(path)
-        offsets.append(offset)
-        if frame.empty and len(files) > 1:  # an empty part of a data-lake folder (Spark writes them) holds no event
+def validated_batches(
+    path: Path, base: Path, *, only_file: bool, batch_rows: int
+) -> Iterator[tuple[pd.DataFrame, int]]:
+    """Read one events file batch by batch and yield each batch's validated events with its first row's index.
+
+    Every batch meets the rules of `bigrec_cli.events`. Once a row breaks one, the rest of the file is still
+    checked (and nothing more is yielded), so the error names the rule a check of the whole file would name first
+    and every line that breaks it. Hive folder values fill the columns the file lacks.
+
+    Args:
+        path: The file.
+        base: The folder below which hive-style `key=value` folder names are read.
+        only_file: Whether this is the only file given (then an empty file is an error, not a part to skip).
+        batch_rows: Rows read at once.
+    """
+    offset = LINE_OFFSETS[table_format(path)]
+    hive = hive_values(path, base)
+    failures: dict[int, list[tuple[Failure, int]]] = {}
+    first_row, last = 0, pd.DataFrame()
+    for frame in read_batches(path, batch_rows):
+        last = frame
+        if frame.empty:  # an empty part of a data-lake folder (Spark writes them) holds no event
             continue
-        for column, value in hive_values(path, base).items():
+        for column, value in hive.items():
             if column not in frame.columns:
                 frame[column] = value
-        events = clean_events(frame, path, offset)
-        frames.append(events.assign(_file=position, _row=np.arange(len(events))))
-    if not frames:
-        raise DataError(f"{spec}: every events file is empty", hint="give at least one event row")
-    return (pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]), files, offsets
+        require_columns(frame, REQUIRED_EVENT_COLUMNS, path)
+        check = validate_events(frame)
+        for failure in check.failures:
+            failures.setdefault(failure.rule, []).append((failure, first_row))
+        if not failures:
+            yield check.events, first_row
+        first_row += len(frame)
+    if failures:
+        found = failures[min(failures)]
+        rows = np.concatenate([failure.rows + start for failure, start in found])
+        raise DataError(f"{path}: {found[0][0].summary} at {_rows(rows, offset)}", hint=found[0][0].hint)
+    if first_row == 0 and only_file:
+        clean_events(last.assign(**{column: value for column, value in hive.items() if column not in last}), path, 0)
 
 
 def clean_items(
@@ -422,16 +515,6 @@ def split_by_time(events: pd.DataFrame, negative_events: tuple[str, ...] = ()) -
     return split
 
 
-def tie_breaker(events: pd.DataFrame) -> np.ndarray:
-    """A key that orders events of one user at one time by their content, never by their row in the input.
-
-    Events with the same timestamp (a basket, a day) would otherwise keep the order in which someone typed them,
-    which a sequence model can learn and which shuffling the file would change.
-    """
-    columns = [column for column in ("user_id", "item_id", "timestamp", "event") if column in events.columns]
-    return pd.util.hash_pandas_object(events[columns], index=False).to_numpy()
-
-
 def order_and_deduplicate(events: pd.DataFrame, dedupe: str = "exact") -> tuple[pd.DataFrame, int]:
     """Sort events by user and time (ties by `tie_breaker`) and drop duplicates.
 
@@ -469,6 +552,15 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(temporary, index=False)
 
 
+@dataclass
+class UnknownItems:
+    """Events whose item the catalog lacks, in the first file that has them (the error names that file)."""
+
+    position: int
+    item_id: str
+    rows: list[np.ndarray] = field(default_factory=list)
+
+
 def preprocess(
     project: ProjectDir,
     *,
@@ -479,99 +571,190 @@ def preprocess(
     title_column: str | None = None,
     drop_unknown_items: bool = False,
     policy: EventPolicy | None = None,
+    batch_rows: int = BATCH_ROWS,
+    shard_events: int = SHARD_EVENTS,
 ) -> PreprocessSummary:
     """Validate raw events and items, split them by time and write them under the project directory.
 
+    The events stream through in batches: each is validated, then spilled into hash buckets of the user id; each
+    shard of users is then sorted, deduplicated and split by Polars (`lake.write_shard`) and written as
+    `events/part-NNNNN.parquet`. Memory follows `batch_rows` and `shard_events`, not the input's size.
+
     Args:
         project: Where to write `data/`.
-        events_path: Events file (CSV, JSON lines or Parquet) with user_id, item_id, timestamp.
+        events_path: Events (CSV, JSON lines or Parquet): a file, a folder of them (hive partitions too) or a glob.
         items_path: Items file with item_id and text columns.
         movielens_source: An unzipped MovieLens 100K folder, instead of the two files.
         text_columns: Item columns joined to form the text BERT reads.
         title_column: Item column shown as the title.
         drop_unknown_items: Drop events whose item has no catalog entry instead of failing.
         policy: Duplicates, repeats and negative event types (stored in `data.json` for every later step).
+        batch_rows: Rows of an events file read and validated at once.
+        shard_events: About how many events one shard holds (the shard count is a power of two, at most 64).
 
     Returns:
         Counts of what was written.
     """
+    policy = policy or EventPolicy()
+    raw_items = None
     if movielens_source is not None:
         raw_events, raw_items = read_movielens_100k(movielens_source)
         events_path, items_path = movielens_source / "u.data", movielens_source / "u.item"
-        item_offset = 1
-        events = clean_events(raw_events, events_path, 1).assign(_file=0, _row=np.arange(len(raw_events)))
-        files, offsets = [events_path], [1]
+        files, offsets, item_offset = [events_path], [1], 1
+
+        def batches_of(path: Path) -> Iterator[tuple[pd.DataFrame, int]]:
+            yield clean_events(raw_events, path, 1), 0
+
     elif events_path is not None and items_path is not None:
-        events, files, offsets = read_events(events_path)
-        raw_items, item_offset = read_table(items_path)
+        files, base = input_files(events_path)
+        offsets = [LINE_OFFSETS.get(path.suffix.lower(), 0) for path in files]
+
+        def batches_of(path: Path) -> Iterator[tuple[pd.DataFrame, int]]:
+            return validated_batches(path, base, only_file=len(files) == 1, batch_rows=batch_rows)
+
     else:
         raise DataError(
             "no input given", hint="pass --events FILE --items FILE, or --format movielens-100k --source DIR"
         )
-    items, used_text_columns, used_title = clean_items(raw_items, items_path, item_offset, text_columns, title_column)
-    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order: not the file's
-    policy = policy or EventPolicy()
-    if policy.min_rating is not None and "rating" not in events.columns:
-        raise DataError(
-            f"--min-rating needs ratings, and {events_path} has no rating column",
-            hint="add a numeric rating column, or leave --min-rating out",
+    items_error, catalog = None, None
+    try:
+        if raw_items is None:
+            raw_items, item_offset = read_table(items_path)
+        items, used_text_columns, used_title = clean_items(
+            raw_items, items_path, item_offset, text_columns, title_column
         )
-    events = policy.map_events(events)
-    known = events["item_id"].isin(set(items["item_id"])).to_numpy()
-    num_dropped = 0
-    if not known.all():
-        unknown_rows = np.flatnonzero(~known)
-        if not drop_unknown_items:
-            first = events.iloc[int(unknown_rows[0])]
-            in_file = unknown_rows[events["_file"].to_numpy()[unknown_rows] == first["_file"]]
-            file = int(first["_file"])
+        items = items.sort_values("item_id", kind="stable").reset_index(drop=True)  # the catalog's order
+        catalog = pd.Index(items["item_id"])
+    except DataError as error:  # reported after the events' own errors, which a user fixes first
+        items_error = error
+    with project.new_data_version() as folder:
+        spill = Spill(folder / SPILL_DIR)
+        try:
+            num_read, num_dropped, has_rating, unknown = spill_events(
+                files, batches_of, spill, catalog, policy, drop_unknown_items
+            )
+        finally:
+            spill.close()
+        if num_read == 0:
+            raise DataError(f"{events_path}: every events file is empty", hint="give at least one event row")
+        if items_error is not None:
+            raise items_error
+        if policy.min_rating is not None and not has_rating:
             raise DataError(
-                f"{files[file]}: item_id {first['item_id']!r} has no entry in {items_path} "
-                f"at {_rows(events['_row'].to_numpy()[in_file], offsets[file])}",
+                f"--min-rating needs ratings, and {events_path} has no rating column",
+                hint="add a numeric rating column, or leave --min-rating out",
+            )
+        if unknown is not None:
+            raise DataError(
+                f"{files[unknown.position]}: item_id {unknown.item_id!r} has no entry in {items_path} "
+                f"at {_rows(np.concatenate(unknown.rows), offsets[unknown.position])}",
                 hint="add the items to the items file, or pass --drop-unknown-items",
             )
-        events = events[known]
-        num_dropped = int((~known).sum())
-        if events.empty:
+        if spill.num_events == 0:
             raise DataError(f"{events_path}: no event names a catalog item", hint="check that the item ids match")
-    events, num_duplicates = order_and_deduplicate(events.drop(columns=["_file", "_row"]), policy.dedupe)
-    events["split"] = split_by_time(events, policy.negative_events)
-    item_index = {item_id: index + 1 for index, item_id in enumerate(items["item_id"])}
-    items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
-    events["item_index"] = events["item_id"].map(item_index).astype("int64")
-    fingerprint = fingerprint_frames(events, items)
-    counts = events["split"].value_counts()
-    summary = PreprocessSummary(
-        num_events=len(events),
-        num_users=int(events["user_id"].nunique()),
-        num_items=len(items),
-        num_duplicates=num_duplicates,
-        num_dropped_unknown_items=num_dropped,
-        num_train=int(counts.get(SPLIT_TRAIN, 0)),
-        num_valid=int(counts.get(SPLIT_VALID, 0)),
-        num_test=int(counts.get(SPLIT_TEST, 0)),
-        fingerprint=fingerprint,
-    )
-    meta = {
-        **summary.__dict__,
-        "events_source": str(events_path),
-        "items_source": str(items_path),
-        "text_columns": used_text_columns,
-        "title_column": used_title,
-        "split": "per user by time: last positive event = test, second-to-last = valid, rest = train",
-        **policy.to_dict(),
-    }
-    with project.new_data_version() as folder:
-        write_parquet(events, folder / EVENTS_FILE)
+        num_shards = shard_count(spill.num_events, shard_events)
+        (folder / EVENTS_DIR).mkdir()
+        totals = ShardTotals()
+        for shard in range(num_shards):
+            events = write_shard(
+                spill.shard_buckets(shard, num_shards),
+                folder / EVENTS_DIR / SHARD_NAME.format(shard),
+                dedupe=policy.dedupe,
+                negative_events=policy.negative_events,
+                keep_rating=has_rating,
+            )
+            totals.add(events)
+        shutil.rmtree(spill.folder)
+        items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
+        summary = PreprocessSummary(
+            num_events=totals.num_events,
+            num_users=totals.num_users,
+            num_items=len(items),
+            num_duplicates=spill.num_events - totals.num_events,
+            num_dropped_unknown_items=num_dropped,
+            num_train=totals.splits.get(SPLIT_TRAIN, 0),
+            num_valid=totals.splits.get(SPLIT_VALID, 0),
+            num_test=totals.splits.get(SPLIT_TEST, 0),
+            fingerprint=fingerprint(totals.digest, list(events.columns), items),
+        )
+        meta = {
+            **summary.__dict__,
+            "events_source": str(events_path),
+            "items_source": str(items_path),
+            "text_columns": used_text_columns,
+            "title_column": used_title,
+            "split": "per user by time: last positive event = test, second-to-last = valid, rest = train",
+            "num_shards": num_shards,
+            "shard_hash": SHARD_HASH,
+            **policy.to_dict(),
+        }
         write_parquet(items, folder / ITEMS_FILE)
         atomic_write_json(folder / DATA_META_FILE, meta)
     return summary
 
 
-def load_events(project: ProjectDir) -> pd.DataFrame:
-    """Read the preprocessed events (sorted by user, then time)."""
+def spill_events(
+    files: list[Path],
+    batches_of: Callable[[Path], Iterator[tuple[pd.DataFrame, int]]],
+    spill: Spill,
+    catalog: pd.Index | None,
+    policy: EventPolicy,
+    drop_unknown_items: bool,
+) -> tuple[int, int, bool, UnknownItems | None]:
+    """Validate every file's batches, map their event types and spill those of known items, with `item_index`.
+
+    Every file is validated even after an unknown item turns up, since a file's own errors are reported first.
+
+    Returns:
+        The rows read, the rows dropped as unknown items, whether any file has a rating column, and the unknown
+        items that fail the run (None when there are none or they are dropped).
+    """
+    num_read, num_dropped, has_rating, unknown = 0, 0, False, None
+    for position, path in enumerate(files):
+        for events, first_row in batches_of(path):
+            num_read += len(events)
+            has_rating = has_rating or "rating" in events.columns
+            if catalog is None:
+                continue
+            events = policy.map_events(events)
+            index = catalog.get_indexer(events["item_id"])
+            missing = index < 0
+            if missing.any() and not drop_unknown_items:
+                if unknown is None:
+                    unknown = UnknownItems(position, events["item_id"].iloc[int(np.argmax(missing))])
+                if unknown.position == position:
+                    unknown.rows.append(np.flatnonzero(missing) + first_row)
+            if unknown is not None:
+                continue  # the run fails: read on to validate, write nothing
+            if missing.any():
+                num_dropped += int(missing.sum())
+                events, index = events[~missing], index[~missing]
+            spill.add(
+                events.assign(
+                    rating=events["rating"] if "rating" in events.columns else np.nan,
+                    item_index=index + 1,
+                    _tie=tie_breaker(events),
+                )
+            )
+    return num_read, num_dropped, has_rating, unknown
+
+
+def event_files(project: ProjectDir) -> list[Path]:
+    """The files of the preprocessed events in order: the shards, or the one file of projects from before them."""
     project.require_data()
-    return pd.read_parquet(project.events_path)
+    path = project.events_path
+    return shard_files(path) if path.is_dir() else [path]
+
+
+def load_events(project: ProjectDir, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read the preprocessed events: each user's events together and by time, the shards one after the other.
+
+    Args:
+        project: The project.
+        columns: The columns to read (all when None).
+    """
+    frames = [pd.read_parquet(path, columns=columns) for path in event_files(project)]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def fold_feedback(events: pd.DataFrame, feedback: pd.DataFrame, policy: EventPolicy) -> pd.DataFrame:

@@ -99,12 +99,15 @@ class Failure:
         hint: How to fix it.
         rows: Positions of the rows that break the rule.
         reasons: The reason of each of those rows, for row-by-row rejection.
+        rule: The rule's place in the order of checks (1 = checked first), so that failures of one file's
+            batches can be ranked as a check of the whole file would rank them.
     """
 
     summary: str
     hint: str
     rows: np.ndarray
     reasons: list[str]
+    rule: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,12 +143,15 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
     frame = frame.reset_index(drop=True)
     events = pd.DataFrame({column: _text_column(frame, column) for column in ID_COLUMNS})
     failures: list[Failure] = []
+    num_rules = 0
 
     def fail(mask: np.ndarray, summary: str, hint: str, reason: str | Callable[[int], str]) -> None:
+        nonlocal num_rules
+        num_rules += 1
         rows = np.flatnonzero(mask)
         if len(rows):
             reasons = [reason] * len(rows) if isinstance(reason, str) else [reason(row) for row in rows]
-            failures.append(Failure(summary, hint, rows, reasons))
+            failures.append(Failure(summary, hint, rows, reasons, num_rules))
 
     for column in ID_COLUMNS:
         values = events[column]

@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
-from bigrec_cli.data import (
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    SPLIT_VALID,
-    fingerprint_frames,
-    load_events,
-    load_items,
-    write_parquet,
-)
+import pandas as pd
+
+from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_files, load_items, write_parquet
 from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.lake import SHARD_NAME, ShardTotals, fingerprint
 from bigrec_cli.project import (
     DATA_META_FILE,
-    EVENTS_FILE,
+    EVENTS_DIR,
     ITEMS_FILE,
     ProjectDir,
     append_json_line,
@@ -51,30 +47,39 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
     """Remove every event of `user_id` from the project's data, feedback store and rejects log."""
     project.require_data()
     project = project.pinned()
-    events = load_events(project)
-    mine = (events["user_id"] == user_id).to_numpy()
-    if mine.any():
-        kept = events[~mine].reset_index(drop=True)
+    shards = event_files(project)
+    mine = [int((pd.read_parquet(path, columns=["user_id"])["user_id"] == user_id).sum()) for path in shards]
+    if any(mine):  # rewrite the user's shard; the others are copied, and every shard is counted and hashed
         items = load_items(project)
         meta = read_json(project.data_meta_path)
-        counts = kept["split"].value_counts()
-        meta.update(
-            num_events=len(kept),
-            num_users=int(kept["user_id"].nunique()),
-            num_train=int(counts.get(SPLIT_TRAIN, 0)),
-            num_valid=int(counts.get(SPLIT_VALID, 0)),
-            num_test=int(counts.get(SPLIT_TEST, 0)),
-            fingerprint=fingerprint_frames(kept, items),
-        )
+        totals = ShardTotals()
         with project.new_data_version(keep=1) as folder:  # no earlier version keeps the user's events
-            write_parquet(kept, folder / EVENTS_FILE)
+            (folder / EVENTS_DIR).mkdir()
+            for index, (path, num_mine) in enumerate(zip(shards, mine)):
+                events = pd.read_parquet(path)
+                target = folder / EVENTS_DIR / SHARD_NAME.format(index)
+                if num_mine:
+                    events = events[(events["user_id"] != user_id).to_numpy()].reset_index(drop=True)
+                    write_parquet(events, target)
+                else:
+                    shutil.copyfile(path, target)
+                totals.add(events)
+            meta.update(
+                num_events=totals.num_events,
+                num_users=totals.num_users,
+                num_train=totals.splits.get(SPLIT_TRAIN, 0),
+                num_valid=totals.splits.get(SPLIT_VALID, 0),
+                num_test=totals.splits.get(SPLIT_TEST, 0),
+                num_shards=len(shards),
+                fingerprint=fingerprint(totals.digest, list(events.columns), items),
+            )
             write_parquet(items, folder / ITEMS_FILE)
             atomic_write_json(folder / DATA_META_FILE, meta)
     feedback_events = FeedbackStore(project.feedback_db).delete_user(user_id)
     rejected = forget_rejections(project, user_id)
     summary = ForgetSummary(
         user_sha256=hashlib.sha256(user_id.encode("utf-8")).hexdigest(),
-        preprocessed_events=int(mine.sum()),
+        preprocessed_events=sum(mine),
         feedback_events=feedback_events,
         rejected_rows=rejected,
     )

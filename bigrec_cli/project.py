@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator
 from bigrec_cli.errors import ArtifactError, NotTrainedError
 
 DATA_DIR = "data"
-EVENTS_FILE = "events.parquet"
+EVENTS_DIR = "events"  # the events' shards by user: events/part-00000.parquet, …
+EVENTS_FILE = "events.parquet"  # the events in one file: projects written before shards
 ITEMS_FILE = "items.parquet"
 DATA_META_FILE = "data.json"
 DATA_CURRENT_FILE = "CURRENT"  # names the data version in use: data/<version>/{events,items}.parquet, data.json
@@ -219,8 +220,15 @@ class ProjectDir:
         whole: its events, items and data.json never mix with the new ones. Older versions beyond `keep` go."""
         base = self.root / DATA_DIR
         name = f"v-{time.time_ns():020d}-{secrets.token_hex(3)}"  # sorts by creation, even within one second
-        with atomic_directory(base / name) as staging:
-            yield staging
+        created = [folder for folder in (self.root, base) if not folder.exists()]
+        try:
+            with atomic_directory(base / name) as staging:
+                yield staging
+        except BaseException:
+            for folder in reversed(created):  # a failed first version leaves no trace, not even empty folders
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         atomic_write_bytes(base / DATA_CURRENT_FILE, (name + "\n").encode())
         _fsync_dir(base)
         versions = sorted(path for path in base.iterdir() if path.is_dir() and path.name.startswith("v-"))
@@ -234,7 +242,9 @@ class ProjectDir:
 
     @property
     def events_path(self) -> Path:
-        return self.data_dir / EVENTS_FILE
+        """The events' folder of shards, or the one Parquet file of a project written before shards."""
+        shards = self.data_dir / EVENTS_DIR
+        return shards if shards.is_dir() else self.data_dir / EVENTS_FILE
 
     @property
     def items_path(self) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bigrec_cli.artifacts import live_scorer, load_run
-from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy
+from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.project import ProjectDir
@@ -104,8 +104,8 @@ class Recommender:
         extra = self.store.new_items(exclude=self.catalog_items)
         self.titles = dict(zip(items["item_id"], items["title"])) | dict(zip(extra["item_id"], extra["title"]))
         self.policy = event_policy(project)
-        events = pd.read_parquet(project.events_path, columns=["user_id", "item_id", "timestamp", "event"])
-        # Preprocessed events are sorted by user, then time, and never change while a run serves: index each
+        events = load_events(project, columns=["user_id", "item_id", "timestamp", "event"])
+        # Preprocessed events hold each user's together, by time, and never change while a run serves: index each
         # user's slice once; per request only the feedback store is read.
         users = events["user_id"].to_numpy(dtype=object)
         self._event_items = events["item_id"].to_numpy(dtype=object)

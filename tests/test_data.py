@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bigrec_cli.data import order_and_deduplicate, split_by_time
+from bigrec_cli.data import event_files, order_and_deduplicate, split_by_time
 from bigrec_cli.events import parse_timestamps
 from bigrec_cli.project import ProjectDir
 from tests.conftest import ML100K, SAMPLE, invoke
@@ -77,13 +77,18 @@ def test_bad_events_fail_with_one_line_and_change_nothing(tmp_path, project, ite
     assert not (project / "data").exists()
 
 
+def event_bytes(project: Path) -> dict[str, bytes]:
+    """Every events file of the data version in use (its shards), by name."""
+    return {path.name: path.read_bytes() for path in event_files(ProjectDir(project))}
+
+
 def test_failed_preprocess_keeps_previous_data(tmp_path, project, items_csv):
     good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
     assert invoke("preprocess", "--events", str(good), "--items", str(items_csv)).exit_code == 0
-    before = (ProjectDir(project).events_path).read_bytes()
+    before = event_bytes(project)
     bad = write(tmp_path / "bad.csv", "user_id,item_id,timestamp\nu,a,oops\n")
     assert invoke("preprocess", "--events", str(bad), "--items", str(items_csv)).exit_code == 1
-    assert (ProjectDir(project).events_path).read_bytes() == before
+    assert event_bytes(project) == before
 
 
 def test_unknown_items_can_be_dropped(tmp_path, project, items_csv):
