@@ -656,14 +656,15 @@ def preprocess(
         (folder / EVENTS_DIR).mkdir()
         totals = ShardTotals()
         for shard in range(num_shards):
-            events = write_shard(
+            path = folder / EVENTS_DIR / SHARD_NAME.format(shard)
+            write_shard(
                 spill.shard_buckets(shard, num_shards),
-                folder / EVENTS_DIR / SHARD_NAME.format(shard),
+                path,
                 dedupe=policy.dedupe,
                 negative_events=policy.negative_events,
                 keep_rating=has_rating,
             )
-            totals.add(events)
+            totals.add(path)
         shutil.rmtree(spill.folder)
         items["item_index"] = np.arange(1, len(items) + 1, dtype="int64")
         summary = PreprocessSummary(
@@ -675,7 +676,7 @@ def preprocess(
             num_train=totals.splits.get(SPLIT_TRAIN, 0),
             num_valid=totals.splits.get(SPLIT_VALID, 0),
             num_test=totals.splits.get(SPLIT_TEST, 0),
-            fingerprint=fingerprint(totals.digest, list(events.columns), items),
+            fingerprint=fingerprint(totals, items),
         )
         meta = {
             **summary.__dict__,

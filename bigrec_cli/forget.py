@@ -56,14 +56,13 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
         with project.new_data_version(keep=1) as folder:  # no earlier version keeps the user's events
             (folder / EVENTS_DIR).mkdir()
             for index, (path, num_mine) in enumerate(zip(shards, mine)):
-                events = pd.read_parquet(path)
                 target = folder / EVENTS_DIR / SHARD_NAME.format(index)
                 if num_mine:
-                    events = events[(events["user_id"] != user_id).to_numpy()].reset_index(drop=True)
-                    write_parquet(events, target)
+                    events = pd.read_parquet(path)
+                    write_parquet(events[(events["user_id"] != user_id).to_numpy()], target)
                 else:
                     shutil.copyfile(path, target)
-                totals.add(events)
+                totals.add(target)
             meta.update(
                 num_events=totals.num_events,
                 num_users=totals.num_users,
@@ -71,7 +70,7 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
                 num_valid=totals.splits.get(SPLIT_VALID, 0),
                 num_test=totals.splits.get(SPLIT_TEST, 0),
                 num_shards=len(shards),
-                fingerprint=fingerprint(totals.digest, list(events.columns), items),
+                fingerprint=fingerprint(totals, items),
             )
             write_parquet(items, folder / ITEMS_FILE)
             atomic_write_json(folder / DATA_META_FILE, meta)

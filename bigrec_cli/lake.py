@@ -126,22 +126,30 @@ class ShardTotals:
     num_events: int = 0
     num_users: int = 0
     splits: dict[str, int] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
     digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
-    def add(self, events: pd.DataFrame) -> None:
-        """Count one shard (as its readers see it) and fold it into the fingerprint."""
-        self.num_events += len(events)
-        self.num_users += int(events["user_id"].nunique())
-        for split, count in events["split"].value_counts().items():
-            self.splits[str(split)] = self.splits.get(str(split), 0) + int(count)
-        self.digest.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
+    def add(self, path: Path, batch_rows: int = 500_000) -> None:
+        """Count one shard file and fold it into the fingerprint, a batch at a time, as pandas reads it."""
+        import pyarrow.parquet as parquet
+
+        users = set()
+        for batch in parquet.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            events = batch.to_pandas()
+            self.num_events += len(events)
+            users.update(events["user_id"].unique())  # a shard's users, never all users
+            for split, count in events["split"].value_counts().items():
+                self.splits[str(split)] = self.splits.get(str(split), 0) + int(count)
+            self.digest.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
+            self.columns = list(events.columns)
+        self.num_users += len(users)
 
 
-def fingerprint(events_digest: "hashlib._Hash", events_columns: list[str], *frames: pd.DataFrame) -> str:
+def fingerprint(totals: ShardTotals, *frames: pd.DataFrame) -> str:
     """Finish the fingerprint of events hashed shard by shard, then `frames` (the items): the same SHA-256 as
     `data.fingerprint_frames` over all the events at once, since row hashes do not depend on their neighbours."""
-    digest = events_digest.copy()
-    digest.update(",".join(events_columns).encode())
+    digest = totals.digest.copy()
+    digest.update(",".join(totals.columns).encode())
     for frame in frames:
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
         digest.update(",".join(map(str, frame.columns)).encode())
@@ -150,27 +158,31 @@ def fingerprint(events_digest: "hashlib._Hash", events_columns: list[str], *fram
 
 def write_shard(
     buckets: list[Path], path: Path, *, dedupe: str, negative_events: tuple[str, ...], keep_rating: bool
-) -> pd.DataFrame:
+) -> None:
     """Sort, deduplicate and split one shard's events with Polars' streaming engine and write them to `path`.
 
     Sorts by user, time, `tie_breaker` and input order; `dedupe` `exact` keeps the last of rows equal in user,
     item, time and event type, `latest` the last row of each (user, item); then per user, of the positive events
     (types not in `negative_events`), the last is `test` and the one before `valid` when there are at least three,
     the rest `train`; negative events are `negative`. The semantics of `order_and_deduplicate` and `split_by_time`.
-
-    Returns:
-        The shard as written, read back as every reader reads it.
     """
     import polars as pl
 
     columns = ["user_id", "item_id", "timestamp", "event", "weight", *(["rating"] if keep_rating else [])]
-    key = ["user_id", "item_id"] if dedupe == "latest" else list(TIE_COLUMNS)
+    # After the sort a user's rows are neighbours: number users by run (an integer is cheaper to group by than text),
+    # and item_index stands for item_id (one to one).
+    user = pl.col("user_id").ne_missing(pl.col("user_id").shift(1)).cum_sum()
+    if dedupe == "latest":
+        last = pl.col("_position") == pl.col("_position").max().over("_user", "item_index")
+    else:  # rows equal in user, item, time and type have equal ties, so the sort puts them side by side
+        key = ("_user", "item_index", "timestamp", "event")
+        last = pl.any_horizontal(pl.col(name).ne_missing(pl.col(name).shift(-1)) for name in key)
     positive = ~pl.col("event").is_in(pl.lit(list(negative_events), dtype=pl.List(pl.String)))
-    num_positive = pl.col("_positive").cast(pl.Int64).sum().over("user_id")
-    rank_from_end = num_positive - pl.col("_positive").cast(pl.Int64).cum_sum().over("user_id")
+    num_positive = pl.col("_positive").sum().over("_user")
+    rank_from_end = num_positive - pl.col("_positive").cum_sum().over("_user")
     eligible = num_positive >= 3
     split = (
-        pl.when(~pl.col("_positive"))
+        pl.when(pl.col("_positive") == 0)
         .then(pl.lit(SPLIT_NEGATIVE))
         .when(eligible & (rank_from_end == 0))
         .then(pl.lit(SPLIT_TEST))
@@ -183,11 +195,10 @@ def write_shard(
         .with_columns(pl.col(name).cast(pl.String) for name in ("user_id", "item_id", "event"))
         .sort(["user_id", "timestamp", "_tie", "_seq"])
         .with_row_index("_position")
-        .filter(pl.col("_position") == pl.col("_position").max().over(key))
-        .with_columns(_positive=positive)
+        .with_columns(_user=user)
+        .filter(last)
+        .with_columns(_positive=positive.cast(pl.Int32))
         .with_columns(split=split)
         .select(*columns, "split", "item_index")
-        .collect(engine="streaming")
     )
-    shard.write_parquet(path)
-    return pd.read_parquet(path)
+    shard.sink_parquet(path, engine="streaming")
