@@ -171,7 +171,14 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
     raw_time = _text_column(frame, "timestamp")
     if default_timestamp is not None:
         raw_time = raw_time.where(raw_time != "", repr(default_timestamp))
-    seconds, bad = parse_timestamps(raw_time)
+    numbers = frame["timestamp"] if "timestamp" in frame.columns else None
+    exact = numbers is not None and (pd.api.types.is_integer_dtype(numbers.dtype) or numbers.dtype == np.float64)
+    if exact and default_timestamp is None:
+        # Parquet and JSON give numbers: the same seconds as parsing their text (float32 text would round otherwise)
+        seconds = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isfinite(seconds) | (seconds < 0)
+    else:
+        seconds, bad = parse_timestamps(raw_time)
     example = raw_time.iloc[int(np.flatnonzero(bad)[0])] if bad.any() else ""
     fail(
         bad,

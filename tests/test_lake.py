@@ -167,3 +167,19 @@ def test_forgetting_a_user_rewrites_only_their_shard(tmp_path):
     events = load_events(after)
     assert meta["num_events"] == len(events) and meta["num_users"] == 299 and "u0007" not in set(events["user_id"])
     assert meta["fingerprint"] == fingerprint_frames(events, load_items(after))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0, 1_700_000_000, 2**62], [1.5, float("nan"), -3.0, float("inf"), 0.1, 1e30], [True, False], [-5, 7]],
+)
+def test_numeric_timestamps_validate_as_their_text(values):
+    """Parquet and JSON timestamps that are numbers skip the text parse: the same seconds, failures and lines."""
+    from bigrec_cli.events import validate_events
+
+    frame = pd.DataFrame({"user_id": "u", "item_id": "i", "timestamp": values})
+    numbers, text = validate_events(frame), validate_events(frame.astype({"timestamp": object}))
+    assert np.array_equal(numbers.events["timestamp"], text.events["timestamp"], equal_nan=True)
+    assert [(failure.summary, failure.rows.tolist()) for failure in numbers.failures] == [
+        (failure.summary, failure.rows.tolist()) for failure in text.failures
+    ]
