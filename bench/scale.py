@@ -10,6 +10,7 @@ uniform jitter, event types are 80% view, 15% cart, 5% purchase, and each item's
 1,000-word vocabulary plus its category. numpy default_rng(seed 0) throughout. Each stage runs as its own
 `bigrec` process (the generic CLI, as a user would run it) and is timed by wall clock; its peak resident memory
 comes from the kernel's accounting of that process alone (`ru_maxrss` of RUSAGE_CHILDREN in a fresh wrapper).
+After preprocess, the result also records the shard count and the size of the written events (data.json, events/).
 Absolute times on 2 shared cores are noisy: run it more than once before comparing. Writes
 bench/results/scale-<events>.json.
 """
@@ -99,6 +100,14 @@ def stage(name: str, args: list[str], project: Path) -> dict:
     return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_kib / 2**20, 3)}
 
 
+def written(project: Path) -> dict:
+    """The shard count and the size of the preprocessed events of the project's current data version."""
+    version = project / "data" / (project / "data" / "CURRENT").read_text().strip()
+    meta = json.loads((version / "data.json").read_text())
+    size = sum(path.stat().st_size for path in (version / "events").glob("*.parquet"))
+    return {"num_shards": meta["num_shards"], "events_mb": round(size / 1e6, 1), "num_events_out": meta["num_events"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=lambda text: int(text.replace("_", "")), default=10_000_000)
@@ -119,7 +128,10 @@ def main() -> None:
         "extract": ["extract", "--bert", "minilm"],
         "train": ["train", "--epochs", "1"],
     }
-    results = [stage(name, commands[name], project) for name in options.stages.split(",")]
+    stages = options.stages.split(",")
+    results = [stage(name, commands[name], project) for name in stages]
+    if "preprocess" in stages:
+        results[stages.index("preprocess")].update(written(project))
     for result in results:
         print(f"{options.events:,} events, {result['stage']}: {result['seconds']} s, {result['peak_rss_gib']} GiB")
     write_result(
