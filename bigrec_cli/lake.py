@@ -18,7 +18,7 @@ import pandas as pd
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
 SPLIT_NEGATIVE = "negative"  # negative behaviour (a cancellation, a dislike): never a training or held-out target
 NUM_BUCKETS = 64  # shard counts are powers of two up to this, so a bucket belongs to exactly one shard
-SHARD_EVENTS = 1_000_000  # about how many events a shard holds: what one shard's sort keeps in memory
+SHARD_EVENTS = 500_000  # about how many events a shard holds: what one shard's sort keeps in memory
 SHARD_NAME = "part-{:05d}.parquet"
 SHARD_HASH = "pandas.util.hash_pandas_object(user_id, index=False) % num_shards"
 TIE_COLUMNS = ("user_id", "item_id", "timestamp", "event")
