@@ -398,6 +398,12 @@ def train(
     weight_scale: Annotated[
         str, typer.Option(help="How the weight column scales an event in the loss: ignore, log (1 + ln w) or linear.")
     ] = TrainConfig.weight_scale,
+    cold_boost_cost: Annotated[
+        float,
+        typer.Option(
+            help="Share of the known items' validation NDCG@10 that new items may cost for a boost (0: none)."
+        ),
+    ] = TrainConfig.cold_boost_cost,
     as_json: JsonOption = False,
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""

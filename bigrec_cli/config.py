@@ -97,6 +97,9 @@ class TrainConfig:
             `linear` (w) or `ignore` (the default: every event of a type weighs the same).
         weight_average: Decay of the moving average of the weights that validation scores and the run keeps;
             0 keeps the raw weights of the best epoch.
+        cold_boost_cost: How much of the validation NDCG@10 of known items (a share) new items may cost: items
+            without interactions get the largest bias boost that costs at most this, measured on validation with
+            known items posing as new ones (0: no boost; new items then score like their text neighbours).
     """
 
     epochs: int = 30
@@ -120,6 +123,7 @@ class TrainConfig:
     item_item: bool = True
     event_weights: str = DEFAULT_EVENT_WEIGHTS
     weight_scale: str = "ignore"
+    cold_boost_cost: float = 0.05
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
@@ -151,6 +155,7 @@ class TrainConfig:
             ("dropout", self.dropout, 0.999),
             ("id_dropout", self.id_dropout, 1.0),
             ("weight_average", self.weight_average, 0.9999),
+            ("cold_boost_cost", self.cold_boost_cost, 0.5),
         ):
             if not 0 <= value <= upper:
                 raise ConfigError(

@@ -56,6 +56,7 @@ class ScorerWeights:
     head_bias: np.ndarray  # (1,)
     cold_item_bias: np.ndarray  # (1,)
     calibration: np.ndarray  # (2,): a, b of the probability sigmoid(a · logit + b), fitted on validation
+    cold_boost: np.ndarray  # (1,): added to the borrowed bias of items without interactions, chosen on validation
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -80,6 +81,7 @@ class ScorerWeights:
             "head_bias": (1,),
             "cold_item_bias": (1,),
             "calibration": (2,),
+            "cold_boost": (1,),
         }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
@@ -98,6 +100,8 @@ class ScorerWeights:
             arrays["history_kernel"] = np.zeros((len(arrays["user_bias"]),) * 2, dtype="float32")
         if "calibration" not in arrays:  # runs written before it: the plain sigmoid of the logit
             arrays["calibration"] = np.array([1.0, 0.0], dtype="float32")
+        if "cold_boost" not in arrays:  # runs written before it: borrowed biases as they are
+            arrays["cold_boost"] = np.zeros(1, dtype="float32")
         if "type_embedding" not in arrays and "projection_bias" in arrays:  # runs written before event types
             arrays["type_embedding"] = np.zeros((1, len(arrays["projection_bias"])), dtype="float32")
         names = {item.name for item in fields(cls)}
@@ -156,13 +160,14 @@ def text_neighbours(
 
 def impute_items(weights: ScorerWeights, rows: np.ndarray, candidates: np.ndarray) -> ScorerWeights:
     """Give items without interactions (`rows`) the similarity-weighted mean ID vector and bias of their nearest
-    warm items by text (`candidates`): a new film of a series scores like the series, not like the median item."""
+    warm items by text (`candidates`): a new film of a series scores like the series, not like the median item. The
+    bias also gets the run's cold boost (see `train.choose_cold_boost`)."""
     if not len(rows) or not len(candidates):
         return weights
     neighbours, shares = text_neighbours(weights.text_vectors, rows, candidates)
     id_embedding, item_bias = weights.id_embedding.copy(), weights.item_bias.copy()
     id_embedding[rows] = np.einsum("nk,nkd->nd", shares, weights.id_embedding[neighbours])
-    item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours])
+    item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours]) + weights.cold_boost[0]
     return replace(weights, id_embedding=id_embedding, item_bias=item_bias)
 
 

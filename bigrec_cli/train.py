@@ -14,6 +14,7 @@ import numpy as np
 from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
+from bigrec_cli.coldstart import boost_cold_items, choose_cold_boost
 from bigrec_cli.config import TrainConfig, parse_pairs
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
 from bigrec_cli.errors import DataError
@@ -378,6 +379,19 @@ def train(
             text_vectors,
             negative_types,
         )
+    cold_boost = {"boost": 0.0, "reason": "no borrowed scores (id-dropout or no ID vectors)"}
+    if config.id_embedding and config.id_dropout == 0:
+        boost, cold_boost = choose_cold_boost(
+            Scorer(weights, item_ids, item_item, event_types),
+            cases.histories,
+            cases.targets,
+            cold,
+            config.max_len,
+            config.cold_boost_cost,
+            seed=config.seed,
+            exclude_history=policy.exclude_history,
+        )
+        weights = boost_cold_items(weights, cold, boost)
     # Calibrated where S has not seen the targets (S from training events); the S kept below also saw validation
     # events, which moves logits little, and a calibration on those would be fitted on what S memorised.
     weights = replace(weights, calibration=calibrate(Scorer(weights, item_ids, item_item, event_types), cases, config))
@@ -400,6 +414,7 @@ def train(
         metrics={
             **metrics,
             "item_item": item_item_choice["chosen"],
+            "cold_boost": {key: value for key, value in cold_boost.items() if key != "tried"},
             "best_epoch": stopper.best_epoch,
             "epochs_run": len(stopper.history),
             "num_cold_items": int(cold.sum()),

@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -350,3 +351,43 @@ def test_item_item_choice_is_the_same_in_batches_of_users():
             [entry["val_ndcg@10"] for entry in record["tried"]],
             rtol=1e-6,
         )
+
+
+def test_cold_boost_is_the_largest_within_its_cost_and_reaches_items_added_later():
+    from bigrec_cli.coldstart import boost_cold_items, choose_cold_boost
+    from bigrec_cli.scoring import Scorer, ScorerWeights
+
+    rng = np.random.default_rng(3)
+    items = 40
+    arrays = zero_scorer_arrays(rows=items + 1, text_dim=4, dim=2, units=1)
+    # the LSTM is all zeros, so a user's logit for item i is its bias alone: -0.1 i (item 1 first)
+    arrays.update(text_vectors=rng.normal(size=(items + 1, 4)), item_bias=-0.1 * np.arange(items + 1))
+    scorer = Scorer(ScorerWeights.from_arrays(arrays), [f"i{row}" for row in range(1, items + 1)])
+    histories = [np.array([row]) for row in rng.integers(1, items + 1, size=400)]
+    targets = np.array([rng.choice(np.setdiff1d(np.arange(1, items + 1), history)) for history in histories])
+    cold = np.zeros(items + 1, dtype=bool)
+    cold[[7, 30]] = True  # no training interactions
+
+    def choose(cost):
+        return choose_cold_boost(scorer, histories, targets, cold, max_len=5, cost=cost, seed=0)
+
+    assert choose(0.0)[0] == 0.0
+    boost, report = choose(0.05)
+    assert report["posing_items"] == 4 and report["posing_cases"] >= 10
+    tried = report["tried"]
+    floor = 0.95 * tried[0]["val_ndcg@10_other"]
+    position = [entry["boost"] for entry in tried].index(boost)
+    assert boost > 0 and tried[position]["val_ndcg@10_other"] >= floor
+    assert tried[position]["val_ndcg@10_posing"] > tried[0]["val_ndcg@10_posing"], "the posing items gain"
+    # the next boost on the grid costs more than allowed (the choice is the largest within the cost)
+    assert position + 1 == len(tried) or tried[position + 1]["val_ndcg@10_other"] < floor
+    assert choose(0.3)[0] >= boost
+
+    boosted = boost_cold_items(scorer.weights, cold, boost)
+    np.testing.assert_allclose(boosted.item_bias[cold], scorer.weights.item_bias[cold] + boost, rtol=1e-6)
+    np.testing.assert_array_equal(boosted.item_bias[~cold], scorer.weights.item_bias[~cold])
+    later = Scorer(boosted, list(scorer.item_ids))
+    later.add_items(["new"], rng.normal(size=(1, 4)))
+    borrowed = Scorer(replace(boosted, cold_boost=np.zeros(1)), list(scorer.item_ids))
+    borrowed.add_items(["new"], later.weights.text_vectors[-1:])
+    assert later.weights.item_bias[-1] == pytest.approx(borrowed.weights.item_bias[-1] + boost, rel=1e-5)
