@@ -10,12 +10,12 @@ history as well); rank = number of items scored strictly higher. bigrec is the *
 `bigrec train` with no options): the cold items have no learned ID vector, bias or item-to-item neighbours of their
 own, and borrow those of their 10 nearest warm items by MiniLM text cosine, plus the cold boost that train chose on
 the validation split (known items posing as new ones; the largest boost costing the other validation events at most
-5% of their NDCG@10, the default --cold-boost-cost). The LSTM reads each history with its event types, as trained. (BENCH_ID_DROPOUT and
-BENCH_NEGATIVE_SAMPLING select the older cold-start settings, e.g. 0.5 and popularity.) It is compared with the
-expected HR@10 / NDCG@10 of a uniformly random ranking over the same candidates and with EASE fitted on the same
-training data (which has no signal for those items). Also reported: the median rank (0 = top) of those targets,
-and bigrec's HR@10 / NDCG@10 on the other test events (targets that are not cold), ranked the same way, which the
-default model must keep at 0.110 or more. Writes bench/results/coldstart-ml100k.json.
+5% of their NDCG@10, the default --cold-boost-cost). The LSTM reads each history with its event types, as trained.
+(BENCH_ID_DROPOUT and BENCH_NEGATIVE_SAMPLING select the older cold-start settings, e.g. 0.5 and popularity.) It is
+compared with the expected HR@10 / NDCG@10 of a uniformly random ranking over the same candidates and with EASE
+fitted on the same training data (which has no signal for those items). Also reported: the median rank (0 = top) of
+those targets, and bigrec's HR@10 / NDCG@10 on the other test events (targets that are not cold), ranked the same
+way, which the default model must keep at 0.110 or more. Writes bench/results/coldstart-ml100k.json.
 """
 
 from __future__ import annotations
