@@ -11,7 +11,8 @@ history as well); rank = number of items scored strictly higher. bigrec is the *
 own, and borrow those of their 10 nearest warm items by MiniLM text cosine, plus the cold boost that train chose on
 the validation split (known items posing as new ones; the largest boost costing the other validation events at most
 5% of their NDCG@10, the default --cold-boost-cost). The LSTM reads each history with its event types, as trained.
-(BENCH_ID_DROPOUT and BENCH_NEGATIVE_SAMPLING select the older cold-start settings, e.g. 0.5 and popularity.) It is
+(BENCH_ID_DROPOUT and BENCH_NEGATIVE_SAMPLING select the older cold-start settings, e.g. 0.5 and popularity;
+BENCH_COLD_BOOST_COST another --cold-boost-cost, written to coldstart-ml100k-cost-<value>.json.) It is
 compared with the expected HR@10 / NDCG@10 of a uniformly random ranking over the same candidates and with EASE
 fitted on the same training data (which has no signal for those items). Also reported: the median rank (0 = top) of
 those targets, and bigrec's HR@10 / NDCG@10 on the other test events (targets that are not cold), ranked the same
@@ -27,13 +28,18 @@ from pathlib import Path
 import numpy as np
 from results_io import protocol, write_result
 
+from bigrec_cli.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 WORK = ROOT / "bench" / ".work" / "coldstart"
 RESULTS = ROOT / "bench" / "results" / "coldstart-ml100k.json"
+if os.environ.get("BENCH_COLD_BOOST_COST"):  # another trade-off than the default: its own result file
+    RESULTS = RESULTS.with_name(f"coldstart-ml100k-cost-{os.environ['BENCH_COLD_BOOST_COST']}.json")
 COLD_SHARE, SEED = 0.10, 0
 ID_DROPOUT = float(os.environ.get("BENCH_ID_DROPOUT", "0"))
 NEGATIVE_SAMPLING = os.environ.get("BENCH_NEGATIVE_SAMPLING", "uniform")
+COLD_BOOST_COST = float(os.environ.get("BENCH_COLD_BOOST_COST", TrainConfig.cold_boost_cost))
 
 
 def main() -> None:
@@ -43,7 +49,6 @@ def main() -> None:
     from bigrec_cli.artifacts import load_run, run_scorer
     from bigrec_cli.baselines import EASE, interaction_matrix
     from bigrec_cli.checkpoints import named_checkpoint
-    from bigrec_cli.config import TrainConfig
     from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
     from bigrec_cli.features import extract
     from bigrec_cli.metrics import ranking_report, ranks_of_targets
@@ -57,7 +62,9 @@ def main() -> None:
     items = data_module.load_items(project)["item_id"].tolist()
     rng = np.random.default_rng(SEED)
     cold = set(rng.choice(items, size=int(round(COLD_SHARE * len(items))), replace=False).tolist())
-    config = TrainConfig(seed=SEED, id_dropout=ID_DROPOUT, negative_sampling=NEGATIVE_SAMPLING)
+    config = TrainConfig(
+        seed=SEED, id_dropout=ID_DROPOUT, negative_sampling=NEGATIVE_SAMPLING, cold_boost_cost=COLD_BOOST_COST
+    )
     result = train(
         project,
         config,
