@@ -283,14 +283,14 @@ class FeedbackStore:
         self.path = path
         self.busy_timeout = busy_timeout
         self._readers = threading.local()
-        self._open: list[sqlite3.Connection] = []
+        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:
         """Close every reader connection this store opened (a swapped-out server model calls it)."""
         with self._lock:
             connections, self._open = self._open, []
-        for connection in connections:
+        for _, connection in connections:
             connection.close()
         self._readers = threading.local()
 
@@ -448,8 +448,14 @@ class FeedbackStore:
             with self.errors():
                 connection = self._reader()
             self._readers.connection = connection
+            # A server's worker threads come and go (anyio retires a thread idle for 10 s): close the connections of
+            # threads that have ended, or a long-lived store would keep one open per thread it ever served.
             with self._lock:
-                self._open.append(connection)
+                ended = [opened for thread, opened in self._open if not thread.is_alive()]
+                self._open = [(thread, opened) for thread, opened in self._open if thread.is_alive()]
+                self._open.append((threading.current_thread(), connection))
+            for opened in ended:
+                opened.close()
         try:
             with self.errors():
                 return connection.execute(query, parameters).fetchall()

@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -254,6 +255,25 @@ def test_reloads_do_not_leak_store_connections(app, trained_copy):
         time.sleep(0.2)
         # a retired model is released whole, frozen as it was when it loaded: only the one in use is alive
         assert [ref() is not None for ref in served].count(True) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_reader_connections_of_ended_threads_are_closed(trained_copy):
+    from bigrec_cli.feedback import FeedbackStore, ingest, rows_from_objects
+
+    project = ProjectDir(trained_copy)
+    ingest(project, rows_from_objects([{"user_id": "u0001", "item_id": "i0001"}]), source="test")
+    store = FeedbackStore(project.feedback_db)
+    before = open_handles(project.feedback_db)
+    for _ in range(12):  # a server's worker threads come and go; each reads through its own connection
+        worker = threading.Thread(target=store.user_events, args=("u0001",))
+        worker.start()
+        worker.join()
+    assert store.user_events("u0001"), "the store still reads"
+    # one live connection (this thread's) and what the ended threads left: at most the last one's, never twelve
+    assert open_handles(project.feedback_db) - before <= 2 * 3, "db, -wal and -shm handles of at most two"
+    store.close()
+    assert open_handles(project.feedback_db) == before
 
 
 # Bug 8: a busy port ---------------------------------------------------------------------------------------------
