@@ -6,8 +6,9 @@ typical neighbour: useful, but rarely in anyone's top 10. The cold boost adds a 
 It is chosen on validation with known items posing as new ones: a seeded share of the items that have training
 interactions lose what they learned and borrow from the others, as a new item would; for each boost on a grid
 (in units of the spread of the validation logits), the held-out events whose target poses as new measure the gain,
-and every other held-out event measures the cost. The boost kept is the largest whose validation NDCG@10 on the
-other events stays within `cold_boost_cost` (a share) of no boost, provided the posing items gain at all.
+and every other held-out event measures the cost. The boost kept is the largest on the grid whose validation
+NDCG@10 on the other events stays within `cold_boost_cost` (a share) of no boost and whose posing items gain;
+when none does, no boost.
 """
 
 from __future__ import annotations
@@ -74,45 +75,49 @@ def choose_cold_boost(
     if cost <= 0 or is_posing.sum() < MIN_POSING_CASES or is_posing.all():
         return 0.0, {**report, "boost": 0.0, "reason": "off, or too few held-out events on posing items"}
     posed = posing_scorer(scorer, posing, np.setdiff1d(known, posing))
+    batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
+    padded = [left_pad(histories[start:stop], max_len) for start, stop in batches]
+    # the users' histories read as learned (one LSTM pass); only the posing items' own scores are borrowed
+    states = [scorer.user_states(sequences) for sequences in padded]
+
+    def logits(position: int) -> np.ndarray:
+        return posed.logits_from_states(states[position], padded[position])
+
+    count = total = squares = 0.0  # the spread of every validation logit: the grid's unit
+    for position in range(len(batches)):
+        values = logits(position)
+        values = values[np.isfinite(values)].astype("float64")
+        count, total, squares = count + values.size, total + values.sum(), squares + (values**2).sum()
+    spread = float(np.sqrt(max(squares / max(count, 1.0) - (total / max(count, 1.0)) ** 2, 0.0))) or 1.0
     ranks: list[list[np.ndarray]] = [[] for _ in BOOST_GRID]
-    spread = None
-    for start in range(0, len(targets), batch_size):
-        sequences = left_pad(histories[start : start + batch_size], max_len)
-        # the users' histories read as learned; only the posing items' own scores are borrowed
-        logits = posed.logits_from_states(scorer.user_states(sequences), sequences)
-        if spread is None:
-            spread = float(np.std(logits[np.isfinite(logits)])) or 1.0
-        excluded = (
-            [token_items(history) - 1 for history in histories[start : start + batch_size]] if exclude_history else None
-        )
-        for position, step in enumerate(BOOST_GRID):
-            boosted = logits + (step * spread) * is_posing_row[1:]
-            ranks[position].append(ranks_of_targets(boosted, targets[start : start + batch_size] - 1, excluded))
+    for position, (start, stop) in enumerate(batches):
+        scores = logits(position)
+        excluded = [token_items(history) - 1 for history in histories[start:stop]] if exclude_history else None
+        for step_position, step in enumerate(BOOST_GRID):
+            boosted = scores + (step * spread) * is_posing_row[1:]
+            ranks[step_position].append(ranks_of_targets(boosted, targets[start:stop] - 1, excluded))
     tried = []
     for step, parts in zip(BOOST_GRID, ranks):
         every = np.concatenate(parts)
+        posing_report = ranking_report(every[is_posing], (10,))
         tried.append(
             {
                 "boost": step * spread,
                 "val_ndcg@10_other": ranking_report(every[~is_posing], (10,))["ndcg@10"],
-                "val_ndcg@10_posing": ranking_report(every[is_posing], (10,))["ndcg@10"],
-                "val_hr@10_posing": ranking_report(every[is_posing], (10,))["hr@10"],
+                "val_ndcg@10_posing": posing_report["ndcg@10"],
+                "val_hr@10_posing": posing_report["hr@10"],
             }
         )
-    floor = (1 - cost) * tried[0]["val_ndcg@10_other"]
-    chosen = tried[0]
-    for entry in tried[1:]:
-        if entry["val_ndcg@10_other"] < floor:
-            break
-        chosen = entry
-    if chosen["val_ndcg@10_posing"] <= tried[0]["val_ndcg@10_posing"]:
-        chosen = tried[0]
+    floor, unboosted = (1 - cost) * tried[0]["val_ndcg@10_other"], tried[0]["val_ndcg@10_posing"]
+    allowed = [
+        entry for entry in tried[1:] if entry["val_ndcg@10_other"] >= floor and entry["val_ndcg@10_posing"] > unboosted
+    ]
+    chosen = allowed[-1] if allowed else tried[0]
     return float(chosen["boost"]), {**report, "boost": float(chosen["boost"]), "chosen": chosen, "tried": tried}
 
 
 def boost_cold_items(scorer_weights, cold: np.ndarray, boost: float):
-    """The weights with `boost` added to the bias of the items without interactions and kept for items added
-    later (`scoring.impute_items` adds it to every borrowed bias)."""
-    item_bias = scorer_weights.item_bias.copy()
-    item_bias[cold] += boost
-    return replace(scorer_weights, item_bias=item_bias, cold_boost=np.array([boost], dtype="float32"))
+    """The weights with the items without interactions marked and `boost` added to their logit; items added later
+    are marked when they borrow (`scoring.impute_items`). Their learned-from biases stay as borrowed, so what later
+    items borrow, and what a retrain starts from, carries no boost."""
+    return replace(scorer_weights, cold_boost=np.array([boost], dtype="float32"), cold_rows=cold.astype("float32"))

@@ -271,6 +271,7 @@ def export_scorer_weights(model: SequenceRecommender, batch_size: int = 256) -> 
         cold_item_bias=np.array([cold_item_bias(model.config, items.item_bias.numpy()[1:])]),
         calibration=np.array([1.0, 0.0]),
         cold_boost=np.zeros(1),
+        cold_rows=np.zeros(len(items.item_bias.numpy())),
     )
 
 

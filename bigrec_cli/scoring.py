@@ -56,7 +56,8 @@ class ScorerWeights:
     head_bias: np.ndarray  # (1,)
     cold_item_bias: np.ndarray  # (1,)
     calibration: np.ndarray  # (2,): a, b of the probability sigmoid(a · logit + b), fitted on validation
-    cold_boost: np.ndarray  # (1,): added to the borrowed bias of items without interactions, chosen on validation
+    cold_boost: np.ndarray  # (1,): added to the logit of items without interactions, chosen on validation
+    cold_rows: np.ndarray  # (rows,): 1 for items whose learned parts are borrowed (no training interactions)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -82,6 +83,7 @@ class ScorerWeights:
             "cold_item_bias": (1,),
             "calibration": (2,),
             "cold_boost": (1,),
+            "cold_rows": (rows,),
         }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
@@ -102,6 +104,8 @@ class ScorerWeights:
             arrays["calibration"] = np.array([1.0, 0.0], dtype="float32")
         if "cold_boost" not in arrays:  # runs written before it: borrowed biases as they are
             arrays["cold_boost"] = np.zeros(1, dtype="float32")
+        if "cold_rows" not in arrays and "item_bias" in arrays:  # runs written before it: no item marked
+            arrays["cold_rows"] = np.zeros(len(arrays["item_bias"]), dtype="float32")
         if "type_embedding" not in arrays and "projection_bias" in arrays:  # runs written before event types
             arrays["type_embedding"] = np.zeros((1, len(arrays["projection_bias"])), dtype="float32")
         names = {item.name for item in fields(cls)}
@@ -160,15 +164,17 @@ def text_neighbours(
 
 def impute_items(weights: ScorerWeights, rows: np.ndarray, candidates: np.ndarray) -> ScorerWeights:
     """Give items without interactions (`rows`) the similarity-weighted mean ID vector and bias of their nearest
-    warm items by text (`candidates`): a new film of a series scores like the series, not like the median item. The
-    bias also gets the run's cold boost (see `train.choose_cold_boost`)."""
+    warm items by text (`candidates`): a new film of a series scores like the series, not like the median item. They
+    are marked in `cold_rows`, so their logit also gets the run's cold boost (see `coldstart.choose_cold_boost`)."""
     if not len(rows) or not len(candidates):
         return weights
     neighbours, shares = text_neighbours(weights.text_vectors, rows, candidates)
     id_embedding, item_bias = weights.id_embedding.copy(), weights.item_bias.copy()
     id_embedding[rows] = np.einsum("nk,nkd->nd", shares, weights.id_embedding[neighbours])
-    item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours]) + weights.cold_boost[0]
-    return replace(weights, id_embedding=id_embedding, item_bias=item_bias)
+    item_bias[rows] = np.einsum("nk,nk->n", shares, weights.item_bias[neighbours])
+    cold_rows = weights.cold_rows.copy()
+    cold_rows[rows] = 1.0
+    return replace(weights, id_embedding=id_embedding, item_bias=item_bias, cold_rows=cold_rows)
 
 
 def fit_calibration(positives: np.ndarray, negatives: np.ndarray, ridge: float = 1.0, steps: int = 50) -> np.ndarray:
@@ -249,7 +255,7 @@ class Scorer:
         vectors[0] = 0.0
         self.input_vectors = vectors.astype("float32")
         self.output_vectors = (vectors * w.head_kernel[:, 0]).astype("float32")
-        self.output_bias = (w.item_bias + w.head_bias[0]).astype("float32")
+        self.output_bias = (w.item_bias + w.head_bias[0] + w.cold_boost[0] * w.cold_rows).astype("float32")
         # The LSTM's input transform depends only on the item and the type: apply it once per item and once per
         # type, not once per step and user.
         self.input_gates = (self.input_vectors @ w.lstm_kernel + w.lstm_bias).astype("float32")
@@ -268,17 +274,19 @@ class Scorer:
         if not fresh:
             return
         w = self.weights
-        known = np.arange(1, len(self.item_ids) + 1)
+        # borrowed from items that learned from interactions, never from ones that borrowed themselves
+        known = np.flatnonzero(w.cold_rows[1:] == 0) + 1
         self.weights = replace(
             w,
             text_vectors=np.concatenate([w.text_vectors, text_vectors[fresh]]),
             id_embedding=np.concatenate([w.id_embedding, np.zeros((len(fresh), w.id_embedding.shape[1]))]),
             item_bias=np.concatenate([w.item_bias, np.full(len(fresh), w.cold_item_bias[0])]),
+            cold_rows=np.concatenate([w.cold_rows, np.ones(len(fresh))]),
         )
         for index in fresh:
             self.item_ids.append(item_ids[index])
             self.index_of[item_ids[index]] = len(self.item_ids)
-        added = np.arange(len(known) + 1, len(self.item_ids) + 1)
+        added = np.arange(len(w.item_bias), len(self.item_ids) + 1)
         if impute:
             # like items without interactions at training time: their text neighbours' learned parts
             self.weights = impute_items(self.weights, added, known)

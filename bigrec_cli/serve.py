@@ -148,7 +148,7 @@ def release_free_memory() -> None:
     """Return the allocator's free pages to the system (glibc's malloc_trim; elsewhere nothing to do)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: musl, macOS and Windows have no malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: musl and macOS lack it, Windows has no CDLL(None)
         pass
 
 

@@ -19,7 +19,7 @@ def test_budgets_are_read_or_refused():
             parse_budget(text)
 
 
-def test_tune_writes_the_best_configuration_and_resumes(trained_copy):
+def test_tune_writes_the_best_configuration_and_resumes(trained_copy, monkeypatch):
     (trained_copy / "bigrec.toml").write_text("[train]\nepochs = 2\n\n[serve]\nport = 9001\n")
     runs_before = sorted(path.name for path in (trained_copy / "runs").iterdir())
     first = invoke("tune", "--trials", "2", "--project-dir", str(trained_copy), "--json")
@@ -37,11 +37,22 @@ def test_tune_writes_the_best_configuration_and_resumes(trained_copy):
     assert shown[("train", "dim")]["value"] == result["best"]["dim"]
     assert shown[("train", "dim")]["source"] == "bigrec.toml" and shown[("serve", "port")]["value"] == 9001
     assert shown[("train", "epochs")]["value"] == 2, "options tune does not search are kept"
+    monkeypatch.setattr("bigrec_cli.tune.MIN_GAIN", 100.0)  # no trial can beat the configuration in use by that
     again = json.loads(invoke("tune", "--trials", "1", "--project-dir", str(trained_copy), "--json").stdout)
     assert len(again["trials"]) == 3, "the study in tune.sqlite3 is continued"
+    assert again["best"] == result["best"], "the configuration in use is kept"
+    assert again["kept_current"] == ((again["trials"][2]["val_ndcg@10"] or 0) > result["best_value"])
     with sqlite3.connect(trained_copy / "tune.sqlite3") as connection:
         assert connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 3
     status = json.loads(invoke("status", "--project-dir", str(trained_copy), "--json").stdout)
     assert status["tuning"]["trials"] == 3 and status["bigrec_toml_train"]["dim"] == result["best"]["dim"]
     runs_after = sorted(path.name for path in (trained_copy / "runs").iterdir())
     assert runs_after == runs_before, "trial runs are deleted; current is untouched"
+
+
+def test_the_starting_point_keeps_only_values_the_search_space_holds():
+    from bigrec_cli.tune import starting_point
+
+    point = starting_point(TrainConfig(dim=96, learning_rate=0.02, max_len=50, id_dropout=0.1))
+    assert "dim" not in point and "learning_rate" not in point, "drawn by the sampler instead"
+    assert point["max_len"] == 50 and point["id_dropout"] == 0.1 and point["lstm_units"] == 128
