@@ -7,10 +7,12 @@ keep-alive), named in the result.
   client asks GET /health back to back and a second one POSTs a feedback event every 0.5 s; /health latency
   p50 / p99 / max, and the status codes the POSTs got (503 with Retry-After expected while locked).
 - soak: SOAK_SECONDS (600) of mixed traffic from 4 threads (90% GET /recommend for a random user, 10% POST
-  /feedback of one event with a unique event id) while a swapper promotes the two runs in turn SWAPS (200) times,
-  evenly spread; the server's resident memory and open file handles (from /proc) sampled every second: start,
-  end and maximum. Afterwards every accepted event id is counted in the store: each must be there exactly once.
-Writes bench/results/soak.json.
+  /feedback of one event with a unique event id; SOAK_POST_SHARE sets the share, 0 keeps the data's size fixed)
+  while a swapper promotes the two runs in turn SWAPS (200) times, evenly spread; the server's resident memory and
+  open file handles (from /proc) sampled every second: start, end and maximum. Afterwards every accepted event id is
+  counted in the store: each must be there exactly once.
+  Also: resident memory at each 1,000 stored events, which tells growth with the data from growth with time.
+Writes bench/results/soak.json (soak-posts-<share>.json for another SOAK_POST_SHARE).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ LOCK_SECONDS = float(os.environ.get("LOCK_SECONDS", "10"))
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 SWAPS = int(os.environ.get("SWAPS", "200"))
 CLIENTS = 4
+POST_SHARE = float(os.environ.get("SOAK_POST_SHARE", "0.1"))  # 0: reads only, the stored data stays the same size
 
 
 def bigrec(*args: str) -> str:
@@ -116,7 +119,7 @@ def lock_phase(port: int, database: Path) -> dict:
 def soak_phase(port: int, pid: int, runs: list[str], users: list[str]) -> dict:
     stop = threading.Event()
     failures, counts, accepted = [], {"get": 0, "post": 0}, []
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, int]] = []  # seconds, resident MiB, open handles, events accepted
     lock = threading.Lock()
 
     def client(seed: int) -> None:
@@ -124,7 +127,7 @@ def soak_phase(port: int, pid: int, runs: list[str], users: list[str]) -> dict:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         number = 0
         while not stop.is_set():
-            if rng.random() < 0.1:
+            if rng.random() < POST_SHARE:
                 event_id = f"soak-{seed}-{number}"
                 number += 1
                 body = json.dumps(
@@ -151,18 +154,18 @@ def soak_phase(port: int, pid: int, runs: list[str], users: list[str]) -> dict:
     def sampler() -> None:
         started = time.time()
         while not stop.wait(1.0):
-            samples.append((time.time() - started, *process_sample(pid)))
+            samples.append((time.time() - started, *process_sample(pid), len(accepted)))
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
     threads += [threading.Thread(target=swapper), threading.Thread(target=sampler)]
-    samples.append((0.0, *process_sample(pid)))
+    samples.append((0.0, *process_sample(pid), 0))
     for thread in threads:
         thread.start()
     time.sleep(SOAK_SECONDS)
     stop.set()
     for thread in threads:
         thread.join()
-    samples.append((SOAK_SECONDS, *process_sample(pid)))
+    samples.append((SOAK_SECONDS, *process_sample(pid), len(accepted)))
     with sqlite3.connect(WORK / "project" / "feedback.sqlite3") as connection:
         stored = dict(
             connection.execute("SELECT event_id, COUNT(*) FROM events WHERE event_id LIKE '%soak-%' GROUP BY event_id")
@@ -178,6 +181,11 @@ def soak_phase(port: int, pid: int, runs: list[str], users: list[str]) -> dict:
         "rss_mib": {"start": rss[0], "end": rss[-1], "max": max(rss)},
         "rss_mib_each_minute": [round(sample[1], 1) for sample in samples if int(sample[0]) % 60 == 0],
         "open_handles": {"start": handles[0], "end": handles[-1], "max": max(handles)},
+        "open_handles_each_minute": [sample[2] for sample in samples if int(sample[0]) % 60 == 0],
+        "rss_mib_each_1000_events": {
+            str(stored): round(next(sample[1] for sample in samples if sample[3] >= stored), 1)
+            for stored in range(0, len(accepted) + 1, 1000)
+        },
         "events_accepted": len(accepted),
         "events_stored_once": sum(stored_ids.get(event_id) == 1 for event_id in accepted),
         "events_missing_or_doubled": sum(stored_ids.get(event_id) != 1 for event_id in accepted),
@@ -234,12 +242,13 @@ def main() -> None:
         server.wait(timeout=30)
     result = {
         "load_generator": f"{CLIENTS} Python threads (http.client, keep-alive)",
+        "post_share": POST_SHARE,
         "lock": lock,
         "soak": soak,
         "cpu_count": os.cpu_count(),
         "protocol": protocol(__doc__),
     }
-    write_result(RESULTS, result)
+    write_result(RESULTS if POST_SHARE == 0.1 else RESULTS.with_name(f"soak-posts-{POST_SHARE:g}.json"), result)
 
 
 if __name__ == "__main__":
