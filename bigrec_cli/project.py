@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bigrec_cli.errors import ArtifactError, NotTrainedError
+from bigrec_cli.errors import ArtifactError, DataError, NotTrainedError
 
 DATA_DIR = "data"
 EVENTS_DIR = "events"  # the events' shards by user: events/part-00000.parquet, …
@@ -21,6 +22,7 @@ EVENTS_FILE = "events.parquet"  # the events in one file: projects written befor
 ITEMS_FILE = "items.parquet"
 DATA_META_FILE = "data.json"
 DATA_CURRENT_FILE = "CURRENT"  # names the data version in use: data/<version>/{events,items}.parquet, data.json
+DATA_LOCK_FILE = ".write.lock"  # held while a data version is written: one writer at a time
 KEEP_DATA_VERSIONS = 2  # the current one and the one before it (a reader that resolved it a moment ago)
 FEATURES_DIR = "features"
 ITEM_VECTORS_FILE = "item_vectors.npz"
@@ -221,14 +223,37 @@ class ProjectDir:
         base = self.root / DATA_DIR
         name = f"v-{time.time_ns():020d}-{secrets.token_hex(3)}"  # sorts by creation, even within one second
         created = [folder for folder in (self.root, base) if not folder.exists()]
+        base.mkdir(parents=True, exist_ok=True)
+        lock = os.open(base / DATA_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            with atomic_directory(base / name) as staging:
-                yield staging
-        except BaseException:
-            for folder in reversed(created):  # a failed first version leaves no trace, not even empty folders
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-            raise
+            # Another writer (a long preprocess, a forget-user) stages in this folder too, and the clean-up below
+            # would delete its staging folder: refuse instead. An flock: the kernel frees it if its holder dies.
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(lock, 32, 0).decode(errors="replace").strip() or "?"
+                raise DataError(
+                    f"another bigrec command (pid {holder}) is writing {base} now",
+                    hint="wait for it to finish, then run this command again",
+                ) from None
+            os.ftruncate(lock, 0)
+            os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+            try:
+                with atomic_directory(base / name) as staging:
+                    yield staging
+            except BaseException:
+                if created:  # a failed first version leaves no trace, not even empty folders or the lock
+                    (base / DATA_LOCK_FILE).unlink(missing_ok=True)
+                for folder in reversed(created):
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+                raise
+            self._switch_data_version(base, name, keep)
+        finally:
+            os.close(lock)
+
+    def _switch_data_version(self, base: Path, name: str, keep: int) -> None:
+        """Point `data/CURRENT` at the new version and remove what is stale (the caller holds the write lock)."""
         atomic_write_bytes(base / DATA_CURRENT_FILE, (name + "\n").encode())
         _fsync_dir(base)
         versions = sorted(path for path in base.iterdir() if path.is_dir() and path.name.startswith("v-"))

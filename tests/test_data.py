@@ -91,6 +91,33 @@ def test_failed_preprocess_keeps_previous_data(tmp_path, project, items_csv):
     assert event_bytes(project) == before
 
 
+def test_a_second_writer_of_the_data_is_refused_while_one_writes(tmp_path, project, items_csv):
+    import fcntl
+    import os
+
+    good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    assert invoke("preprocess", "--events", str(good), "--items", str(items_csv)).exit_code == 0
+    before = event_bytes(project)
+    staging = project / "data" / ".v-00000000000000000000-abcdef.tmp"  # what a running preprocess writes into
+    staging.mkdir()
+    # a long preprocess in another process holds the data's write lock
+    holder = os.open(project / "data" / ".write.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    os.pwrite(holder, b"4242\n", 0)
+    try:
+        other = write(tmp_path / "other.csv", "user_id,item_id,timestamp\nv,a,1\nv,b,2\nv,c,3\n")
+        refused = invoke("preprocess", "--events", str(other), "--items", str(items_csv))
+        assert refused.exit_code == 1 and "another bigrec command (pid 4242) is writing" in refused.stderr
+        forgot = invoke("forget-user", "u")
+        assert forgot.exit_code == 1 and "pid 4242" in forgot.stderr
+        assert staging.is_dir(), "the running writer's staging folder is left alone"
+        assert event_bytes(project) == before
+    finally:
+        os.close(holder)
+    staging.rmdir()
+    assert invoke("preprocess", "--events", str(other), "--items", str(items_csv)).exit_code == 0, "free again"
+
+
 def test_unknown_items_can_be_dropped(tmp_path, project, items_csv):
     events = write(
         tmp_path / "e.jsonl",
@@ -201,7 +228,8 @@ def test_projects_from_before_data_versions_still_read(tmp_path, project, items_
     assert ProjectDir(project).data_dir == project / "data"
     assert len(load_events(ProjectDir(project))) == 3
     assert invoke("preprocess", "--events", str(events), "--items", str(items_csv)).exit_code == 0
-    assert sorted(path.name for path in (project / "data").iterdir() if path.is_file()) == ["CURRENT"]
+    files = sorted(path.name for path in (project / "data").iterdir() if path.is_file())
+    assert files == [".write.lock", "CURRENT"], "the old layout's files are gone"
 
 
 def test_events_from_a_folder_a_glob_and_hive_partitions(tmp_path, project, items_csv):
