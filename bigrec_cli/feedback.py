@@ -512,6 +512,11 @@ class FeedbackStore:
         )
         return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event", "weight", "event_id"])
 
+    def item_counts(self) -> pd.Series:
+        """Feedback events per item (memory grows with the items, not with the events)."""
+        rows = self._read("SELECT item_id, COUNT(*) FROM events GROUP BY item_id")
+        return pd.Series(dict(rows), dtype="int64")
+
     def new_items(self, exclude: set[str] | None = None) -> pd.DataFrame:
         """Return items first named by feedback (item_id, title, text), minus `exclude`."""
         rows = self._read("SELECT item_id, title, text FROM items ORDER BY rowid")

@@ -114,7 +114,9 @@ class Recommender:
         boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
         starts, stops = np.r_[0, boundaries], np.r_[boundaries, len(users)]
         self._spans = dict(zip(users[starts].tolist(), zip(starts.tolist(), stops.tolist()))) if len(users) else {}
-        popularity = pd.concat([events["item_id"], self.store.events_frame()["item_id"]]).value_counts()
+        # every reload reads this: counted in SQLite, so it costs memory per item, never per stored event
+        popularity = events["item_id"].value_counts().add(self.store.item_counts(), fill_value=0)
+        popularity = popularity.sort_values(ascending=False, kind="stable")
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
 
     def close(self) -> None:
