@@ -66,6 +66,8 @@ def choose_cold_boost(
         exclude_history: Whether history items are left out of the ranking (repeats not allowed).
     """
     known = np.flatnonzero(~cold)[1:]
+    if len(known) < 2:  # nothing to pose as new, or nothing left to borrow from
+        return 0.0, {"posing_items": 0, "posing_cases": 0, "cost": cost, "boost": 0.0, "reason": "too few items"}
     rng = np.random.default_rng([seed, 11])
     posing = np.sort(rng.choice(known, size=max(1, round(POSING_SHARE * len(known))), replace=False))
     is_posing_row = np.zeros(len(cold), dtype=bool)
@@ -76,12 +78,12 @@ def choose_cold_boost(
         return 0.0, {**report, "boost": 0.0, "reason": "off, or too few held-out events on posing items"}
     posed = posing_scorer(scorer, posing, np.setdiff1d(known, posing))
     batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
-    padded = [left_pad(histories[start:stop], max_len) for start, stop in batches]
-    # the users' histories read as learned (one LSTM pass); only the posing items' own scores are borrowed
-    states = [scorer.user_states(sequences) for sequences in padded]
+    # the users' histories read as learned (one LSTM pass, states kept); only the posing items' scores are borrowed
+    states = [scorer.user_states(left_pad(histories[start:stop], max_len)) for start, stop in batches]
 
     def logits(position: int) -> np.ndarray:
-        return posed.logits_from_states(states[position], padded[position])
+        start, stop = batches[position]
+        return posed.logits_from_states(states[position], left_pad(histories[start:stop], max_len))
 
     count = total = squares = 0.0  # the spread of every validation logit: the grid's unit
     for position in range(len(batches)):

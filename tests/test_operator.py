@@ -372,6 +372,9 @@ def test_cold_boost_is_the_largest_within_its_cost_and_reaches_items_added_later
         return choose_cold_boost(scorer, histories, targets, cold, max_len=5, cost=cost, seed=0)
 
     assert choose(0.0)[0] == 0.0
+    nearly_all_cold = np.ones(items + 1, dtype=bool)
+    nearly_all_cold[[0, 5]] = False  # one item learned: nothing can pose as new
+    assert choose_cold_boost(scorer, histories, targets, nearly_all_cold, max_len=5, cost=0.05)[0] == 0.0
     boost, report = choose(0.05)
     assert report["posing_items"] == 4 and report["posing_cases"] >= 10
     tried = report["tried"]
