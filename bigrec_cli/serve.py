@@ -132,8 +132,7 @@ def retire(holder: list[ServingState]) -> None:
     Its feedback store's connections are closed explicitly: the model was frozen out of the cycle collector's
     sight when it loaded, so they would otherwise stay open. Then the last reference goes, the collector runs over
     unfrozen objects (the model's cycles included) and the new model is frozen again. Last, glibc's malloc_trim
-    returns the freed pages: a reload frees tens of MB in blocks that glibc otherwise keeps for reuse, and under
-    200 swaps a server's resident memory crept up by 2-3 MiB a minute without it (bench/NOTES.md).
+    hands the pages the old model freed back to the system instead of keeping them for reuse.
     """
     state = holder.pop()
     getattr(state.recommender, "close", lambda: None)()
