@@ -82,6 +82,22 @@ def starting_point(config: TrainConfig) -> dict[str, Any]:
     return point
 
 
+def require_same_space(study, project: ProjectDir) -> None:
+    """Refuse to continue a study whose trials searched a parameter as another kind (a range, not choices): Optuna
+    cannot mix the two, and would fail inside the first trial."""
+    import optuna
+
+    kinds = {"log": optuna.distributions.FloatDistribution, "float": optuna.distributions.FloatDistribution}
+    for trial in study.trials:
+        for name, distribution in trial.distributions.items():
+            expected = kinds.get(SEARCH_SPACE.get(name, ("choice",))[0], optuna.distributions.CategoricalDistribution)
+            if not isinstance(distribution, expected):
+                raise ConfigError(
+                    f"{project.root / TUNE_DB} holds a study that searched {name} differently (an earlier version)",
+                    hint=f"move {TUNE_DB} aside to start a new study; bigrec.toml keeps what it found",
+                )
+
+
 def write_train_table(project: ProjectDir, values: dict[str, Any]) -> None:
     """Set [train] options in `bigrec.toml`, keeping every other table and option (comments are not kept)."""
     tables = read_project_config(project.root)
@@ -142,6 +158,7 @@ def tune(
     )
     if not study.trials:  # a new study starts from the configuration in use, so tune never ends below it
         study.enqueue_trial(starting_point(base))
+    require_same_space(study, project)
 
     def objective(trial) -> float:
         config = suggest(trial, TrainConfig.from_dict({**base.to_dict(), "seed": seed}))

@@ -7,6 +7,7 @@ import pytest
 
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import ConfigError
+from bigrec_cli.project import ProjectDir
 from bigrec_cli.tune import SEARCH_SPACE, parse_budget
 from tests.conftest import invoke
 
@@ -56,3 +57,20 @@ def test_the_starting_point_keeps_only_values_the_search_space_holds():
     point = starting_point(TrainConfig(dim=96, learning_rate=0.02, max_len=50, id_dropout=0.1))
     assert "dim" not in point and "learning_rate" not in point, "drawn by the sampler instead"
     assert point["max_len"] == 50 and point["id_dropout"] == 0.1 and point["lstm_units"] == 128
+
+
+def test_a_study_from_another_search_space_is_refused_with_the_fix(tmp_path):
+    import optuna
+
+    from bigrec_cli.tune import TUNE_DB, require_same_space
+
+    study = optuna.create_study(study_name="bigrec", storage=f"sqlite:///{tmp_path / TUNE_DB}")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"id_dropout": 0.2},
+            distributions={"id_dropout": optuna.distributions.FloatDistribution(0.0, 0.5)},
+            value=0.1,
+        )
+    )
+    with pytest.raises(ConfigError, match="searched id_dropout differently"):
+        require_same_space(study, ProjectDir(tmp_path))
