@@ -200,6 +200,7 @@ def validate_events(frame: pd.DataFrame, *, default_timestamp: float | None = No
     events["weight"] = np.ones(len(frame))
     for column in ("weight", "rating"):
         if column not in frame.columns:
+            num_rules += 1  # the rule keeps its number in a batch that lacks the column (JSON lines may)
             continue
         raw = _text_column(frame, column)
         # Rows of feedback may leave the cell empty (a weight then counts 1, a rating stays unknown); files may not.

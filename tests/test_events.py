@@ -67,3 +67,15 @@ def test_iso_utc_timestamp_is_parsed_the_same_everywhere():
 
 def test_feedback_without_timestamp_gets_now():
     assert parse_event({"user_id": "u1", "item_id": "i1"}, now=1_800_000_000.0).timestamp == 1_800_000_000.0
+
+
+def test_a_rule_keeps_its_number_whether_or_not_other_optional_columns_are_there():
+    from bigrec_cli.events import validate_events
+
+    rows = {"user_id": ["u"], "item_id": ["i"], "timestamp": ["1"], "rating": ["x"]}
+    alone = validate_events(pd.DataFrame(rows)).failures
+    beside = validate_events(pd.DataFrame({**rows, "weight": ["y"]})).failures
+    rating_rule = [failure.rule for failure in beside if failure.summary.startswith("rating")]
+    weight_rule = [failure.rule for failure in beside if failure.summary.startswith("weight")]
+    assert [failure.rule for failure in alone] == rating_rule, "batches with and without a weight column agree"
+    assert weight_rule[0] < rating_rule[0], "weight is checked before rating"
