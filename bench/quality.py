@@ -105,16 +105,23 @@ def train_seeds(name: str, project: Path) -> dict:
     }
 
 
+def dataset_fields(name: str, meta: dict, data: dict, options: list[str]) -> dict:
+    """What every result says of its dataset: its size, the preprocess options and the split."""
+    return {
+        "dataset": name,
+        "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
+        "preprocess_options": options,
+        "split": {key: data[key] for key in ("num_train", "num_valid", "num_test")},
+    }
+
+
 def run_dataset(name: str) -> dict:
     project = WORK / "quality" / name
     data, meta, options = prepare(name, project)
     trained = train_seeds(name, project)
     models = trained["models"]
     return {
-        "dataset": name,
-        "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
-        "preprocess_options": options,
-        "split": {key: data[key] for key in ("num_train", "num_valid", "num_test")},
+        **dataset_fields(name, meta, data, options),
         "repeats": trained["repeats"],
         "seeds": list(SEEDS),
         "models": models,

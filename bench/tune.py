@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 
-from quality import DATA, RESULTS, SEEDS, WORK, bigrec, prepare, train_seeds
+from quality import DATA, RESULTS, SEEDS, WORK, bigrec, dataset_fields, prepare, train_seeds
 from results_io import protocol, write_result
 
 BUDGET = os.environ.get("TUNE_BUDGET", "30m")
@@ -39,10 +39,7 @@ def run_dataset(name: str) -> dict:
     models = trained["models"]
     ratio = models["bigrec"]["ndcg@10"]["mean"] / models["ease"]["ndcg@10"]["mean"]
     return {
-        "dataset": name,
-        "data": {key: meta[key] for key in ("events", "users", "items") if key in meta},
-        "preprocess_options": options,
-        "split": {key: data[key] for key in ("num_train", "num_valid", "num_test")},
+        **dataset_fields(name, meta, data, options),
         "budget": BUDGET,
         "tune_wall_s": tune_seconds,
         "trials": tuned["trials"],

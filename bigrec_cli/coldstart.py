@@ -19,6 +19,7 @@ import numpy as np
 from scipy import sparse
 
 from bigrec_cli.events import token_items
+from bigrec_cli.itemitem import batched_std
 from bigrec_cli.metrics import ranking_report, ranks_of_targets
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer, impute_items, text_neighbours
@@ -79,21 +80,15 @@ def choose_cold_boost(
     posed = posing_scorer(scorer, posing, np.setdiff1d(known, posing))
     batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
     # the users' histories read as learned (one LSTM pass, states kept); only the posing items' scores are borrowed
-    states = [scorer.user_states(left_pad(histories[start:stop], max_len)) for start, stop in batches]
+    states = {start: scorer.user_states(left_pad(histories[start:stop], max_len)) for start, stop in batches}
 
-    def logits(position: int) -> np.ndarray:
-        start, stop = batches[position]
-        return posed.logits_from_states(states[position], left_pad(histories[start:stop], max_len))
+    def logits(start: int, stop: int) -> np.ndarray:
+        return posed.logits_from_states(states[start], left_pad(histories[start:stop], max_len))
 
-    count = total = squares = 0.0  # the spread of every validation logit: the grid's unit
-    for position in range(len(batches)):
-        values = logits(position)
-        values = values[np.isfinite(values)].astype("float64")
-        count, total, squares = count + values.size, total + values.sum(), squares + (values**2).sum()
-    spread = float(np.sqrt(max(squares / max(count, 1.0) - (total / max(count, 1.0)) ** 2, 0.0))) or 1.0
+    spread = batched_std(logits, batches) or 1.0  # of every validation logit: the grid's unit
     ranks: list[list[np.ndarray]] = [[] for _ in BOOST_GRID]
-    for position, (start, stop) in enumerate(batches):
-        scores = logits(position)
+    for start, stop in batches:
+        scores = logits(start, stop)
         excluded = [token_items(history) - 1 for history in histories[start:stop]] if exclude_history else None
         for step_position, step in enumerate(BOOST_GRID):
             boosted = scores + (step * spread) * is_posing_row[1:]

@@ -250,6 +250,19 @@ def impute_empty(term: ItemItem, train: sparse.csr_matrix, text_vectors: np.ndar
     return term.impute(empty, *text_neighbours(text_vectors, empty, known))
 
 
+def batched_std(values_of, batches: list[tuple[int, int]]) -> float:
+    """The standard deviation of every finite value `values_of(start, stop)` gives over the (start, stop) batches,
+    one batch in memory at a time (0 when there is none)."""
+    count = total = squares = 0.0
+    for start, stop in batches:
+        values = values_of(start, stop)
+        values = values[np.isfinite(values)].astype("float64")
+        count, total, squares = count + values.size, total + values.sum(), squares + (values**2).sum()
+    if not count:
+        return 0.0
+    return float(np.sqrt(max(squares / count - (total / count) ** 2, 0.0)))
+
+
 class _Cases:
     """The validation cases, scored one batch of users at a time: memory grows with the batch, never with
     users × items (a million-item catalog has no room for a dense matrix of every case)."""
@@ -261,14 +274,7 @@ class _Cases:
 
     def std(self, values_of) -> float:
         """The standard deviation of every finite value `values_of(start, stop)` gives, over all batches."""
-        count = total = squares = 0.0
-        for start, stop in self.batches:
-            values = values_of(start, stop)
-            values = values[np.isfinite(values)].astype("float64")
-            count, total, squares = count + values.size, total + values.sum(), squares + (values**2).sum()
-        if not count:
-            return 0.0
-        return float(np.sqrt(max(squares / count - (total / count) ** 2, 0.0)))
+        return batched_std(values_of, self.batches)
 
     def ndcg(self, variants) -> list[float]:
         """NDCG@10 of each scoring variant: `variants(start, stop)` yields one score matrix per variant."""
