@@ -17,7 +17,11 @@ os.environ["TF_KERAS"] = "1"
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's C++ start-up notices (oneDNN, "E0000 … AVX-512", absl's pre-init warning) ignore that level.
-NOISE = re.compile(rb"^(?:[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log messages before absl)")
+# A multi-worker run's coordination service adds gRPC details to its own log lines, which come out unprefixed.
+NOISE = re.compile(
+    rb"^(?:[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log messages before absl"
+    rb"|Additional GRPC error information from remote target|:UNKNOWN:Error received from peer)"
+)
 
 
 def _filter_native_stderr() -> None:
@@ -70,6 +74,10 @@ try:
     from bert4keras.tokenizers import Tokenizer  # noqa: E402
 except ImportError as error:  # pragma: no cover
     raise BackendError(f"bert4keras is not installed ({error})", hint=INSTALL_HINT) from None
+
+# TensorFlow's Python logger says INFO for every multi-worker step it takes (where a host such as a Ray worker shows
+# INFO); bigrec reports its own progress.
+tf.get_logger().setLevel("WARNING")
 
 # bert4keras builds its layers with one unseeded initializer; the weights are loaded from the checkpoint anyway.
 warnings.filterwarnings("ignore", message="The initializer .* is unseeded", category=UserWarning)

@@ -404,6 +404,17 @@ def train(
             help="Share of the known items' validation NDCG@10 that new items may cost for a boost (0: none)."
         ),
     ] = TrainConfig.cold_boost_cost,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train on N MultiWorkerMirroredStrategy workers started by Ray (a TF_CONFIG launcher starts its own).",
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(envvar="RAY_ADDRESS", help="Ray cluster for --workers (default: a local Ray for the run)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""
@@ -411,15 +422,34 @@ def train(
         options = {
             name: value
             for name, value in configured(ctx, "train", project_dir).items()
-            if name not in ("project_dir", "as_json")
+            if name not in ("project_dir", "as_json", "workers", "ray_address")
         }
         config = TrainConfig(**{**options, "loss": Loss(options["loss"]).value})
         project = ProjectDir(project_dir)
         project.require_features()
-        from bigrec_cli import train
+        from bigrec_cli.cluster import cluster_from_env
 
-        with epoch_progress(enabled=not as_json) as on_step:
-            result = train.train(project, config, on_epoch=report_epoch, on_step=on_step)
+        cluster = cluster_from_env()
+        if cluster.distributed and workers not in (1, cluster.num_workers):
+            raise BigrecError(
+                f"--workers {workers} but TF_CONFIG names {cluster.num_workers} workers",
+                hint="leave --workers out when a launcher sets TF_CONFIG: each process is one worker",
+            )
+        if workers > 1 and not cluster.distributed:
+            from bigrec_cli import raycluster
+
+            info(f"training on {workers} workers through Ray")
+            result = raycluster.train_on_ray(project, config, workers, ray_address)
+        else:
+            from bigrec_cli import train
+
+            with epoch_progress(enabled=not as_json and cluster.is_chief) as on_step:
+                result = train.train(project, config, on_epoch=report_epoch, on_step=on_step)
+            if not cluster.is_chief:
+                info(f"{cluster.describe()}: trained {result.epochs_run} epochs; the chief writes and promotes the run")
+                if as_json:
+                    print_json({"chief": False, "worker": cluster.describe(), "epochs_run": result.epochs_run})
+                return
     summary = {
         "run_id": result.run_id,
         "run_dir": str(result.run_dir),

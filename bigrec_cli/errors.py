@@ -57,3 +57,7 @@ class CannotListenError(BigrecError):
 
 class StoreBusyError(BigrecError):
     """The feedback store is locked by another writer for longer than the caller waits."""
+
+
+class WorkerLostError(BigrecError):
+    """A multi-worker training run lost one of its workers; nothing was written."""

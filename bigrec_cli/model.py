@@ -157,7 +157,13 @@ class SequenceRecommender(keras.Model):
         with tf.GradientTape() as tape:
             candidates = tf.concat([targets[:, :, None], negatives], axis=-1)
             logits = self((sequences, candidates), training=True)
-            loss = sampled_bce(logits, targets, negatives, self.positive_weight, data.get("weights"))
+            total, count = sampled_bce_parts(logits, targets, negatives, self.positive_weight, data.get("weights"))
+            replica = tf.distribute.get_replica_context()
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                # Each worker holds a slice of the global batch, and the optimizer sums the workers' gradients: so
+                # each divides by the global batch's weight, and the sum is exactly the one-worker loss and gradient.
+                count = replica.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss = total / tf.maximum(count, 1e-9)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return {"loss": loss}
@@ -194,13 +200,25 @@ def sampled_bce(
     With `weights` (batch, length), each position's loss (its positive and its negatives) counts in proportion to
     its weight: the loss is Σ wₚ·lossₚ / Σ wₚ, so a purchase of weight 3 pulls three times as hard as a click of 1.
     """
+    total, count = sampled_bce_parts(logits, targets, negatives, beta, weights)
+    return total / tf.maximum(count, 1e-9)
+
+
+def sampled_bce_parts(
+    logits: "tf.Tensor",
+    targets: "tf.Tensor",
+    negatives: "tf.Tensor",
+    beta: float,
+    weights: "tf.Tensor | None" = None,
+) -> tuple["tf.Tensor", "tf.Tensor"]:
+    """`sampled_bce` as (Σ wₚ·lossₚ, Σ wₚ), so that workers holding slices of one batch can share the denominator."""
     valid = tf.cast(tf.not_equal(targets, 0), logits.dtype)
     if weights is not None:
         valid = valid * tf.cast(weights, logits.dtype)
     negative_valid = tf.cast(tf.not_equal(negatives, targets[:, :, None]), logits.dtype)
     positive_loss = beta * tf.nn.softplus(-logits[:, :, 0])
     negative_loss = tf.reduce_sum(tf.nn.softplus(logits[:, :, 1:]) * negative_valid, axis=-1)
-    return tf.reduce_sum((positive_loss + negative_loss) * valid) / tf.maximum(tf.reduce_sum(valid), 1e-9)
+    return tf.reduce_sum((positive_loss + negative_loss) * valid), tf.reduce_sum(valid)
 
 
 def build_model(

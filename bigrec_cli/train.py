@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -14,10 +15,11 @@ import numpy as np
 from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
+from bigrec_cli.cluster import Cluster, cluster_from_env
 from bigrec_cli.coldstart import boost_cold_items, choose_cold_boost
 from bigrec_cli.config import TrainConfig, parse_pairs
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
-from bigrec_cli.errors import DataError
+from bigrec_cli.errors import DataError, WorkerLostError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_item_item
@@ -44,8 +46,8 @@ RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON fil
 class TrainResult:
     """What `train` produced."""
 
-    run_id: str
-    run_dir: Path
+    run_id: str  # "" on a worker that is not the chief: only the chief writes the run
+    run_dir: Path | None
     best_epoch: int
     epochs_run: int
     metrics: dict[str, float]
@@ -69,7 +71,10 @@ class WindowBatches(keras.utils.Sequence):
         if config.negative_sampling == "popularity":
             weights = np.bincount(targets.ravel(), minlength=num_items + 1)[1:].astype("float64") ** 0.75
             self.cumulative = np.cumsum(weights / weights.sum())
-        self.epoch = 0
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
@@ -95,8 +100,46 @@ class WindowBatches(keras.utils.Sequence):
         return {"sequences": inputs, "targets": targets, "negatives": negatives, "weights": weights}
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self.order = self._order()
+        self.start_epoch(self.epoch + 1)
+
+
+def worker_batches(strategy, batches: WindowBatches):
+    """Each worker's share of every global batch of `batches`, for MultiWorkerMirroredStrategy.
+
+    Every worker draws the same global batches (they are reproducible from seed, epoch and batch) and keeps its own
+    contiguous slice of rows; the model's loss divides by the global batch's weight, so the summed gradients are
+    those of one worker with the same global batch. The dataset runs on, epoch after epoch: `fit` counts the steps.
+    """
+    spec = {
+        "sequences": tf.TensorSpec((None, None), tf.int64),
+        "targets": tf.TensorSpec((None, None), tf.int64),
+        "negatives": tf.TensorSpec((None, None, None), tf.int64),
+        "weights": tf.TensorSpec((None, None), tf.float32),
+    }
+
+    def dataset(context: "tf.distribute.InputContext") -> "tf.data.Dataset":
+        def slices():
+            for epoch in itertools.count():
+                batches.start_epoch(epoch)
+                for index in range(len(batches)):
+                    yield {
+                        name: np.array_split(value, context.num_input_pipelines)[context.input_pipeline_id]
+                        for name, value in batches[index].items()
+                    }
+
+        return tf.data.Dataset.from_generator(slices, output_signature=spec).prefetch(2)
+
+    return strategy.distribute_datasets_from_function(dataset)
+
+
+def worker_strategy(cluster: Cluster):
+    """MultiWorkerMirroredStrategy when `TF_CONFIG` names a cluster; None for one worker.
+
+    It must exist before TensorFlow runs anything in this process, so `train` creates it first.
+    """
+    if not cluster.distributed:
+        return None
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -288,6 +331,10 @@ def train(
         The run id, its directory, the best epoch and its validation metrics.
     """
     started = time.perf_counter()
+    cluster = cluster_from_env()
+    strategy = worker_strategy(cluster)
+    if not cluster.is_chief:
+        on_epoch, on_step = None, None  # the chief reports progress; the others train in silence
     project = project.pinned()
     project.require_features()
     # A run holds a copy of the item vectors plus the learned per-item arrays and the item-to-item term.
@@ -333,17 +380,18 @@ def train(
 
         texts = catalog_texts(project).set_index("item_id")["text"]
         bert, token_table = _fine_tune_parts(project, [str(texts.get(item, "")) for item in item_ids])
-    model = build_model(config, table, bert=bert, token_table=token_table, num_event_types=len(event_types))
-    if warm_start_from is not None:
-        previous = load_run(warm_start_from)
-        warm_start(
-            model,
-            ScorerWeights.load(previous.directory / RUN_SCORER),
-            previous.item_ids,
-            item_ids,
-            previous.event_types,
-            event_types,
-        )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config, table, bert=bert, token_table=token_table, num_event_types=len(event_types))
+        if warm_start_from is not None:
+            previous = load_run(warm_start_from)
+            warm_start(
+                model,
+                ScorerWeights.load(previous.directory / RUN_SCORER),
+                previous.item_ids,
+                item_ids,
+                previous.event_types,
+                event_types,
+            )
     batches = WindowBatches(inputs, targets, target_weights, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(
@@ -353,7 +401,29 @@ def train(
     if on_step is not None:
         callbacks.append(StepReporter(on_step, len(batches)))
     with contextlib.redirect_stdout(sys.stderr):
-        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+        if strategy is None:
+            model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+        else:
+            try:
+                model.fit(
+                    worker_batches(strategy, batches),
+                    epochs=config.epochs,
+                    steps_per_epoch=len(batches),
+                    callbacks=callbacks,
+                    verbose=0,
+                )
+            except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError) as failure:
+                lines = [line.strip() for line in failure.message.splitlines() if line.strip()]
+                # TensorFlow's message opens with "Graph execution error:"; the collective's line names the cause.
+                reason = next((line for line in lines if "aborted by" in line), lines[0] if lines else "")
+                raise WorkerLostError(
+                    f"{cluster.describe()}: another worker failed or was lost mid-run ({reason}); nothing was promoted",
+                    hint="see that worker's log, then start every worker again; `current` is unchanged",
+                ) from None
+    if not cluster.is_chief:
+        # Every worker holds the same weights; the chief alone scores, writes and promotes the run.
+        metrics = {"val_ndcg@10": stopper.best_score}
+        return TrainResult("", None, stopper.best_epoch, len(stopper.history), metrics, time.perf_counter() - started)
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
     # an item is known from its positive training events (negative ones alone teach little)
@@ -426,6 +496,7 @@ def train(
             "features_model": features_meta["model"],
             "feedback_rowid": feedback_rowid,
             "warm_start_from": warm_start_from.name if warm_start_from else None,
+            "workers": cluster.num_workers,
             "train_seconds": round(time.perf_counter() - started, 3),
         },
     )
