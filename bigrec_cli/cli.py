@@ -255,6 +255,13 @@ def extract(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Most texts per forward pass (texts are grouped by length).")
     ] = 128,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Encode on N Ray Data actors, each loading BERT once (default: this process).")
+    ] = 1,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(envvar="RAY_ADDRESS", help="Ray cluster for --workers (default: a local Ray for the run)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Encode each item's text with BERT (cached: a rerun encodes only new or changed items)."""
@@ -288,6 +295,13 @@ def extract(
         )
         from bigrec_cli.console import progress
 
+        encode = None
+        if options["workers"] > 1:
+            from bigrec_cli import raycluster
+
+            encode = raycluster.ray_encoder(
+                checkpoint, pooling.value, max_length, batch_size, options["workers"], options["ray_address"]
+            )
         with progress(f"encoding items with {checkpoint.name}") as bar:
             task = bar.task_ids[0]
             summary = features.extract(
@@ -298,6 +312,7 @@ def extract(
                 batch_size=batch_size,
                 on_start=lambda total: bar.update(task, total=total),
                 on_progress=lambda count: bar.advance(task, count),
+                encode=encode,
             )
     if as_json:
         print_json(summary.__dict__)

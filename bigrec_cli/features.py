@@ -21,6 +21,7 @@ from bigrec_cli.vectors import load_arrays, save_arrays, save_item_vectors
 POOLINGS = ("mean", "cls")
 BATCH_SIZE = 128
 ProgressCallback = Callable[[int], None]
+Encode = Callable[[list[str], "ProgressCallback | None"], np.ndarray]
 
 
 class BertEncoder:
@@ -149,6 +150,7 @@ def extract(
     batch_size: int = BATCH_SIZE,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    encode: Encode | None = None,
 ) -> ExtractSummary:
     """Encode every catalog item's text once per model and write `features/item_vectors.npz`.
 
@@ -160,6 +162,8 @@ def extract(
         batch_size: Most texts per forward pass.
         on_start: Called with the number of texts to encode, before encoding.
         on_progress: Called with the number of texts just encoded.
+        encode: Encodes the texts the cache lacks (texts, on_progress) → (len(texts), dim) instead of this process's
+            encoder, e.g. `raycluster.ray_encode` spreading them over Ray workers.
 
     Returns:
         Counts of items encoded now and reused from the cache.
@@ -181,7 +185,11 @@ def extract(
         on_start(len(missing))
     if missing:
         text_of = dict(zip(hashes, items["text"]))
-        encoded = encoder.encode([text_of[key] for key in missing], batch_size=batch_size, on_progress=on_progress)
+        texts = [text_of[key] for key in missing]
+        if encode is None:
+            encoded = encoder.encode(texts, batch_size=batch_size, on_progress=on_progress)
+        else:
+            encoded = encode(texts, on_progress)
         cache.update(zip(missing, encoded))
         keys = sorted(cache)
         save_arrays(cache_path, keys=np.array(keys), vectors=np.stack([cache[key] for key in keys]))

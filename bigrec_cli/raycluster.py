@@ -1,4 +1,5 @@
-"""Work spread over Ray: `train --workers N` through Ray Train's TensorflowTrainer.
+"""Work spread over Ray: `train --workers N` through Ray Train's TensorflowTrainer, `extract --workers N` through
+Ray Data (an actor pool, each actor loading BERT once).
 
 Ray starts on this machine for the run (the embedded default), or joins the cluster named by `--ray-address` /
 `RAY_ADDRESS`. On a cluster, the project directory must be on a file system every node mounts at the same path,
@@ -7,6 +8,7 @@ and bigrec installed on every node: the workers read the data and the chief writ
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -17,8 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
+from bigrec_cli.checkpoints import BertCheckpoint
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import BigrecError, DataError
+from bigrec_cli.features import Encode, ProgressCallback
 from bigrec_cli.project import ProjectDir, atomic_write_json, read_json
 from bigrec_cli.train import TrainResult
 
@@ -143,12 +149,85 @@ def train_on_ray(project: ProjectDir, config: TrainConfig, workers: int, address
     )
 
 
-def _failed(error: BaseException) -> BigrecError:
-    # Ray's message holds the workers' tracebacks: their last exception line says what went wrong.
+def _cause(error: BaseException) -> str:
+    """Ray's message holds the workers' tracebacks: their last exception line says what went wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     causes = [line for line in lines if EXCEPTION_LINE.match(line)]
-    cause = causes[-1] if causes else (lines[0] if lines else error.__class__.__name__)
+    return (causes[-1] if causes else (lines[0] if lines else error.__class__.__name__))[:300]
+
+
+def _failed(error: BaseException) -> BigrecError:
     return BigrecError(
-        f"training on Ray failed, nothing was promoted ({cause[:300]})",
+        f"training on Ray failed, nothing was promoted ({_cause(error)})",
         hint="see the workers' log above; `bigrec status` shows the run still in use",
     )
+
+
+RAY_BLOCK_TEXTS = 1024  # texts per Ray Data batch: each actor groups a batch's texts by length for BERT
+
+
+class _EncoderActor:
+    """One Ray Data actor: loads BERT once, then encodes batch after batch."""
+
+    def __init__(self, checkpoint: dict, pooling: str, max_length: int, batch_size: int) -> None:
+        from bigrec_cli.features import BertEncoder
+
+        fields = {name: Path(value) if name != "name" else value for name, value in checkpoint.items()}
+        self.encoder = BertEncoder(BertCheckpoint(**fields), pooling=pooling, max_length=max_length)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(text) for text in batch["text"]]
+        return {"row": batch["row"], "vector": self.encoder.encode(texts, batch_size=self.batch_size)}
+
+
+def ray_encoder(
+    checkpoint: BertCheckpoint, pooling: str, max_length: int, batch_size: int, workers: int, address: str | None
+) -> Encode:
+    """An `extract` encoder that spreads the texts over `workers` Ray Data actors (locally or at `address`).
+
+    On a cluster the checkpoint's files must be at the same path on every node (a shared file system).
+    """
+    _ray()
+    fields = {name: str(value) for name, value in checkpoint.__dict__.items()}
+
+    def encode(texts: list[str], on_progress: ProgressCallback | None) -> np.ndarray:
+        import ray.data
+
+        dim = int(checkpoint.config()["hidden_size"])
+        vectors = np.zeros((len(texts), dim), dtype="float32")
+        # Texts of similar length share a Ray batch, so each actor's BERT batches carry little padding.
+        order = sorted(range(len(texts)), key=lambda row: len(texts[row]))
+        # At least 4 batches per actor, so that every actor gets work and the progress bar moves.
+        per_batch = max(1, min(RAY_BLOCK_TEXTS, -(-len(texts) // (4 * workers))))
+        with ray_runtime(address, cpus=max(workers, os.cpu_count() or 1)):
+            # Ray Data logs its own progress on stderr; bigrec's bar counts the encoded texts.
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            rows = [{"row": row, "text": texts[row]} for row in order]
+            dataset = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_batch)).map_batches(
+                _EncoderActor,
+                fn_constructor_kwargs={
+                    "checkpoint": fields,
+                    "pooling": pooling,
+                    "max_length": max_length,
+                    "batch_size": batch_size,
+                },
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                batch_size=per_batch,
+                batch_format="numpy",
+                num_cpus=1,
+            )
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    vectors[batch["row"]] = batch["vector"]
+                    if on_progress is not None:
+                        on_progress(len(batch["row"]))
+            except ray.exceptions.RayError as error:
+                raise BigrecError(
+                    f"encoding on Ray failed, nothing was written ({_cause(error)})",
+                    hint="see the workers' log above",
+                ) from None
+        return vectors
+
+    return encode

@@ -168,3 +168,26 @@ def test_a_ray_worker_killed_mid_run_leaves_current(trained_copy):
     assert ProjectDir(trained_copy).current_run_dir().name == current
     assert runs(trained_copy) == before
     assert not list(trained_copy.glob(".ray-*"))
+
+
+def test_extract_on_two_ray_workers_equals_one_process(tmp_path):
+    from bigrec_cli.vectors import load_item_vectors
+    from tests.conftest import SAMPLE, invoke
+
+    projects = [tmp_path / "one", tmp_path / "two"]
+    for project in projects:
+        args = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")]
+        assert invoke("preprocess", "--project-dir", str(project), *args).exit_code == 0
+    assert invoke("extract", "--project-dir", str(projects[0])).exit_code == 0
+    process = start(projects[1], ["extract", "--workers", "2", "--json"])
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["num_encoded"] == 400
+    ids_one, one = load_item_vectors(ProjectDir(projects[0]).item_vectors_path)
+    ids_two, two = load_item_vectors(ProjectDir(projects[1]).item_vectors_path)
+    assert ids_one == ids_two and one.shape == two.shape
+    assert float(abs(one - two).max()) <= 1e-5
+    again = start(projects[1], ["extract", "--workers", "2", "--json"])  # the cache answers; Ray is not needed
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    assert (json.loads(stdout)["num_encoded"], json.loads(stdout)["num_reused"]) == (0, 400)
