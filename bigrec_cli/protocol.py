@@ -38,7 +38,12 @@ def event_vocabulary(events: pd.DataFrame, negative_events: tuple[str, ...]) -> 
     tokens are plain item indices), then the other positive types, then the negative ones, each by name."""
     if "event" not in events.columns or events.empty:
         return []
-    counts = events["event"].value_counts()
+    return vocabulary_of_counts(events["event"].value_counts(), negative_events)
+
+
+def vocabulary_of_counts(counts: pd.Series, negative_events: tuple[str, ...]) -> list[str]:
+    """`event_vocabulary` from the number of events of each type (name → count), e.g. summed over shards."""
+    counts = counts[counts > 0]
     positive = sorted((name for name in counts.index if name not in negative_events), key=lambda n: (-counts[n], n))
     negative = sorted(name for name in counts.index if name in negative_events)
     return [*positive, *negative]
@@ -119,32 +124,61 @@ def loss_weights(events: pd.DataFrame, event_weights: dict[str, float], scale: s
     return weights
 
 
+class Windows:
+    """Every training window of every user, cut from the users' sequences only when a batch asks for it.
+
+    A sequence of n events gives n − 1 training positions, in left-padded windows of `max_len` counted from its
+    end; each window is (input tokens, next item, next item's loss weight), and a target whose weight is 0 (a
+    negative event) is read as input but never predicted. Only the sequences and two integers per window are held,
+    never every window of every user.
+    """
+
+    def __init__(
+        self, sequences: dict[str, np.ndarray], max_len: int, weights: dict[str, np.ndarray] | None = None
+    ) -> None:
+        self.max_len = max_len
+        self.tokens = list(sequences.values())
+        self.weights = [
+            np.asarray(weights[user], dtype="float32") if weights is not None else np.ones(len(tokens), "float32")
+            for user, tokens in sequences.items()
+        ]
+        ends = [np.arange(len(tokens) - 1, 0, -max_len, dtype="int64") for tokens in self.tokens]
+        self.slot = np.repeat(np.arange(len(ends), dtype="int64"), [len(end) for end in ends])
+        self.end = np.concatenate(ends) if ends else np.zeros(0, dtype="int64")
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The (inputs, targets, target weights) of the windows at `rows`, each (len(rows), max_len)."""
+        max_len = self.max_len
+        inputs = np.zeros((len(rows), max_len), dtype="int64")
+        targets = np.zeros((len(rows), max_len), dtype="int64")
+        weights = np.zeros((len(rows), max_len), dtype="float32")
+        for row, window in enumerate(rows):
+            tokens, weight, end = self.tokens[self.slot[window]], self.weights[self.slot[window]], self.end[window]
+            start = max(0, end - max_len)
+            inputs[row, max_len - (end - start) :] = tokens[start:end]
+            targets[row, max_len - (end - start) :] = token_items(tokens[start + 1 : end + 1])
+            weights[row, max_len - (end - start) :] = weight[start + 1 : end + 1]
+        targets[weights == 0] = 0
+        return inputs, targets, weights
+
+    def target_counts(self, num_items: int) -> np.ndarray:
+        """How often each item (index 0…num_items) is a training target (weight above 0)."""
+        counts = np.zeros(num_items + 1, dtype="int64")
+        for tokens, weight in zip(self.tokens, self.weights):
+            counts += np.bincount(token_items(tokens[1:])[weight[1:] > 0], minlength=num_items + 1)
+        counts[0] = 0
+        return counts
+
+
 def training_windows(
     sequences: dict[str, np.ndarray], max_len: int, weights: dict[str, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut sequences into left-padded (input tokens, next item, next item's loss weight) windows that cover every
-    position once. A sequence of n events gives n − 1 training positions, in windows of `max_len` counted from its
-    end; a target whose weight is 0 (a negative event) is read as input but never predicted.
-    """
-    inputs, targets, target_weights = [], [], []
-    for user, sequence in sequences.items():
-        items = token_items(sequence)
-        weight = weights[user] if weights is not None else np.ones(len(sequence))
-        for end in range(len(sequence) - 1, 0, -max_len):
-            start = max(0, end - max_len)
-            window_input = np.zeros(max_len, dtype="int64")
-            window_target = np.zeros(max_len, dtype="int64")
-            window_weight = np.zeros(max_len, dtype="float32")
-            window_input[max_len - (end - start) :] = sequence[start:end]
-            window_target[max_len - (end - start) :] = items[start + 1 : end + 1]
-            window_weight[max_len - (end - start) :] = weight[start + 1 : end + 1]
-            window_target[window_weight == 0] = 0
-            inputs.append(window_input)
-            targets.append(window_target)
-            target_weights.append(window_weight)
-    if not inputs:
-        return np.zeros((0, max_len), "int64"), np.zeros((0, max_len), "int64"), np.zeros((0, max_len), "float32")
-    return np.stack(inputs), np.stack(targets), np.stack(target_weights)
+    """Every window of `Windows` at once: (inputs, targets, target weights), in the order of the sequences."""
+    windows = Windows(sequences, max_len, weights)
+    return windows.rows(np.arange(len(windows)))
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:

@@ -18,24 +18,16 @@ from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.cluster import Cluster, cluster_from_env
 from bigrec_cli.coldstart import boost_cold_items, choose_cold_boost
 from bigrec_cli.config import TrainConfig, parse_pairs
-from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, fold_feedback, load_events
+from bigrec_cli.data import event_policy
 from bigrec_cli.errors import DataError, WorkerLostError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import FeedbackStore
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_item_item
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
-from bigrec_cli.protocol import (
-    event_vocabulary,
-    holdout_cases,
-    indexed_events,
-    left_pad,
-    loss_weights,
-    scorer_report,
-    training_windows,
-    user_sequences,
-)
+from bigrec_cli.protocol import Windows, left_pad, scorer_report
 from bigrec_cli.scoring import Scorer, ScorerWeights, fit_calibration, impute_items
+from bigrec_cli.sequences import read_training_data
 from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
@@ -61,15 +53,13 @@ class WindowBatches(keras.utils.Sequence):
     MovieLens 100K but lowered test NDCG@10 from 0.112–0.121 to 0.102–0.104: see bench/NOTES.md.)
     """
 
-    def __init__(
-        self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray, config: TrainConfig, num_items: int
-    ) -> None:
+    def __init__(self, windows: Windows, config: TrainConfig, num_items: int) -> None:
         super().__init__()
-        self.inputs, self.targets, self.weights = inputs, targets, weights
+        self.windows = windows
         self.config, self.num_items = config, num_items
         self.cumulative = None
         if config.negative_sampling == "popularity":
-            weights = np.bincount(targets.ravel(), minlength=num_items + 1)[1:].astype("float64") ** 0.75
+            weights = windows.target_counts(num_items)[1:].astype("float64") ** 0.75
             self.cumulative = np.cumsum(weights / weights.sum())
         self.start_epoch(0)
 
@@ -78,15 +68,15 @@ class WindowBatches(keras.utils.Sequence):
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.inputs))
+        return np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.windows))
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.inputs) / self.config.batch_size))
+        return int(np.ceil(len(self.windows) / self.config.batch_size))
 
     def __getitem__(self, batch: int) -> dict[str, np.ndarray]:
         rows = self.order[batch * self.config.batch_size : (batch + 1) * self.config.batch_size]
         rng = np.random.default_rng([self.config.seed, self.epoch, batch, 1])
-        inputs, targets, weights = self.inputs[rows], self.targets[rows], self.weights[rows]
+        inputs, targets, weights = self.windows.rows(rows)
         # Windows are left-padded: drop the columns that are padding in every row of this batch.
         first = int(np.argmax(inputs.any(axis=0))) if inputs.any() else 0
         inputs, targets, weights = inputs[:, first:], targets[:, first:], weights[:, first:]
@@ -343,30 +333,21 @@ def train(
     item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
     store = FeedbackStore(project.feedback_db)
     feedback_rowid = store.max_rowid() if include_feedback else 0
-    raw_events = load_events(project)
     policy = event_policy(project)
-    if include_feedback:
-        raw_events = fold_feedback(raw_events, store.events_frame(up_to_rowid=feedback_rowid), policy)
-    if exclude_items:
-        raw_events = raw_events[~raw_events["item_id"].isin(exclude_items)]
-    # Event types come from the events training may see (never from the held-out ones).
-    event_types = event_vocabulary(raw_events[raw_events["split"] != SPLIT_TEST], policy.negative_events)
-    events = indexed_events(raw_events, item_ids, event_types)
-    events = events.assign(
-        loss_weight=loss_weights(
-            events,
-            parse_pairs(config.event_weights, "--event-weights", number=True),
-            config.weight_scale,
-            policy.negative_events,
-        )
+    data = read_training_data(
+        project,
+        item_ids,
+        policy,
+        event_weights=parse_pairs(config.event_weights, "--event-weights", number=True),
+        weight_scale=config.weight_scale,
+        feedback=store.events_frame(up_to_rowid=feedback_rowid) if include_feedback else None,
+        exclude_items=exclude_items,
+        with_seen=config.item_item,
     )
-    sequences = user_sequences(events, (SPLIT_TRAIN,))
-    inputs, targets, target_weights = training_windows(
-        sequences, config.max_len, user_sequences(events, (SPLIT_TRAIN,), column="loss_weight")
-    )
-    if len(inputs) == 0:
+    event_types, sequences, cases = data.event_types, data.sequences, data.cases
+    windows = Windows(sequences, config.max_len, data.weights)
+    if len(windows) == 0:
         raise DataError("no user has two training events", hint="give each user at least 4 events (3 are held out)")
-    cases = holdout_cases(events, SPLIT_VALID)
     if not cases.user_ids:
         raise DataError(
             "the validation split is empty: no user has the 3 events needed to hold one out",
@@ -392,7 +373,7 @@ def train(
                 previous.event_types,
                 event_types,
             )
-    batches = WindowBatches(inputs, targets, target_weights, config, num_items=len(item_ids))
+    batches = WindowBatches(windows, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(
         cases, item_ids, config, on_epoch, average, exclude_history=policy.exclude_history, event_types=event_types
@@ -427,8 +408,7 @@ def train(
     if stopper.best_weights is not None:
         model.set_weights(stopper.best_weights)
     # an item is known from its positive training events (negative ones alone teach little)
-    counts = np.bincount(events.loc[events["split"] == SPLIT_TRAIN, "index"].to_numpy(), minlength=len(item_ids) + 1)
-    cold = counts == 0
+    cold = data.train_counts == 0
     cold[0] = False
     reset_cold_items(model, cold)
     weights = export_scorer_weights(model)
@@ -470,8 +450,7 @@ def train(
     metrics = {f"val_{name}": value for name, value in report.items()}
     if item_item is not None and item_item.active:
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
-        seen = user_sequences(events, (SPLIT_TRAIN, SPLIT_VALID))
-        item_item = refit_item_item(item_item, history_matrix(seen, len(item_ids), negative_types), text_vectors)
+        item_item = refit_item_item(item_item, history_matrix(data.seen, len(item_ids), negative_types), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
     final = write_run(
         project,

@@ -112,19 +112,18 @@ def test_scorer_reads_runs_written_before_the_cold_bias_existed(trained_project)
 
 def test_popularity_negatives_follow_training_counts():
     from bigrec_cli.config import TrainConfig
+    from bigrec_cli.protocol import Windows
     from bigrec_cli.train import WindowBatches
 
     # Item 1 is a target 8 times, item 2 once, item 3 never: weights 8^0.75 : 1 : 0.
-    targets = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 2, 0]])
-    inputs = np.ones_like(targets)
+    windows = Windows({"u": np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 2])}, max_len=10)
     config = TrainConfig(negatives=2000, negative_sampling="popularity", batch_size=1)
-    weights = (targets > 0).astype("float32")
-    negatives = WindowBatches(inputs, targets, weights, config, num_items=3)[0]["negatives"]
+    negatives = WindowBatches(windows, config, num_items=3)[0]["negatives"]
     counts = np.bincount(negatives.ravel(), minlength=4)
     assert counts[0] == 0 and counts[3] == 0, "never padding, never an item without training events"
     share = counts[1] / counts[1:].sum()
     assert share == pytest.approx(8**0.75 / (8**0.75 + 1), abs=0.01)
-    uniform = WindowBatches(inputs, targets, weights, TrainConfig(negatives=2000, batch_size=1), num_items=3)[0]
+    uniform = WindowBatches(windows, TrainConfig(negatives=2000, batch_size=1), num_items=3)[0]
     assert set(np.unique(uniform["negatives"])) == {1, 2, 3}
     bad = invoke("train", "--negative-sampling", "zipf")
     assert bad.exit_code == 1 and "negative sampling" in bad.stderr
