@@ -1,7 +1,8 @@
 """Synthetic data at scale, and how `preprocess` (and optionally `extract` and one training epoch) cope with it.
 
-Usage: `python bench/scale.py [--events 10_000_000] [--stages preprocess,extract,train] [--out DIR]`
-(`make bench-scale` runs SCALE_EVENTS, 10M by default, through preprocess).
+Usage: `python bench/scale.py [--events 10_000_000] [--stages preprocess,extract,extract-2,train,train-2] [--out DIR]`
+(`make bench-scale` runs SCALE_EVENTS, 10M by default, through SCALE_STAGES, preprocess by default). `extract-2` and
+`train-2` run the same command with `--workers 2` (a local Ray started for the run).
 
 Protocol: a generator writes `events/part-XXXX.parquet` (1M rows each, written one part at a time so its own
 memory stays bounded) and `items.csv`. Users and items are drawn with Zipf-like skew (rank^-1.1), one user and one
@@ -10,7 +11,12 @@ uniform jitter, event types are 80% view, 15% cart, 5% purchase, and each item's
 1,000-word vocabulary plus its category. numpy default_rng(seed 0) throughout. Each stage runs as its own
 `bigrec` process (the generic CLI, as a user would run it) and is timed by wall clock; its peak resident memory
 comes from the kernel's accounting of that process alone (`ru_maxrss` of RUSAGE_CHILDREN in a fresh wrapper).
-After preprocess, the result also records the shard count and the size of the written events (data.json, events/).
+For `--workers 2` that is the largest single process among those the command started and reaped (Ray's workers
+included), not their sum. After preprocess, the result also records the shard count and the size of the written
+events; after extract, the items encoded per second (the vector cache is removed first, so every item is encoded);
+after train, the one epoch's seconds of training steps and of validation scoring (the run's history.json) and the
+training events per second (train split events / seconds of steps). A stage's entry replaces the one of the same
+name in the results file; the others stay.
 Absolute times on 2 shared cores are noisy: run it more than once before comparing. Writes
 bench/results/scale-<events>.json.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_io import protocol, write_result
+from results_io import commit, protocol, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work" / "scale"
@@ -108,6 +115,23 @@ def written(project: Path) -> dict:
     return {"num_shards": meta["num_shards"], "events_mb": round(size / 1e6, 1), "num_events_out": meta["num_events"]}
 
 
+def epoch_figures(project: Path) -> dict:
+    """The promoted run's one epoch: seconds of training steps, of validation scoring, and events per second."""
+    run = project / "runs" / (project / "current").read_text().strip()
+    epoch = json.loads((run / "history.json").read_text())[0]
+    manifest = json.loads((run / "manifest.json").read_text())
+    events = json.loads(
+        (project / "data" / (project / "data" / "CURRENT").read_text().strip() / "data.json").read_text()
+    )
+    train_events = events["num_train"]
+    return {
+        "workers": manifest.get("workers", 1),
+        "epoch_train_seconds": epoch["train_seconds"],
+        "epoch_validation_seconds": epoch["validation_seconds"],
+        "train_events_per_second": round(train_events / epoch["train_seconds"], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=lambda text: int(text.replace("_", "")), default=10_000_000)
@@ -126,18 +150,34 @@ def main() -> None:
     commands = {
         "preprocess": ["preprocess", "--events", str(folder / "events"), "--items", str(folder / "items.csv")],
         "extract": ["extract", "--bert", "minilm"],
+        "extract-2": ["extract", "--bert", "minilm", "--workers", "2"],
         "train": ["train", "--epochs", "1"],
+        "train-2": ["train", "--epochs", "1", "--workers", "2"],
     }
     stages = options.stages.split(",")
-    results = [stage(name, commands[name], project) for name in stages]
-    if "preprocess" in stages:
-        results[stages.index("preprocess")].update(written(project))
+    results = []
+    for name in stages:
+        if name.startswith("extract"):
+            shutil.rmtree(project / "features", ignore_errors=True)  # encode every item again, not from the cache
+        result = {**stage(name, commands[name], project), "commit": commit()}
+        if name == "preprocess":
+            result.update(written(project))
+        elif name.startswith("extract"):
+            result["items_per_second"] = round(meta["items"] / result["seconds"], 1)
+        elif name.startswith("train"):
+            result.update(epoch_figures(project))
+        results.append(result)
     for result in results:
-        print(f"{options.events:,} events, {result['stage']}: {result['seconds']} s, {result['peak_rss_gib']} GiB")
-    write_result(
-        RESULTS / f"scale-{options.events}.json",
-        {"data": meta, "stages": results, "cpu_count": os.cpu_count(), "protocol": protocol(__doc__)},
-    )
+        extra = {key: value for key, value in result.items() if key not in ("stage", "seconds", "peak_rss_gib")}
+        print(
+            f"{options.events:,} events, {result['stage']}: {result['seconds']} s, {result['peak_rss_gib']} GiB"
+            + (f", {extra}" if extra else "")
+        )
+    path = RESULTS / f"scale-{options.events}.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"stages": []}
+    kept = [{"commit": previous.get("commit"), **entry} for entry in previous["stages"]]  # each stage names its commit
+    merged = [entry for entry in kept if entry["stage"] not in stages] + results
+    write_result(path, {"data": meta, "stages": merged, "cpu_count": os.cpu_count(), "protocol": protocol(__doc__)})
 
 
 if __name__ == "__main__":

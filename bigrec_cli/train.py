@@ -210,8 +210,14 @@ class EarlyStopping(keras.callbacks.Callback):
         self.average, self.exclude_history = average, exclude_history
         self.best_score, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict] = []
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train_seconds = time.perf_counter() - self.epoch_started
+        scored = time.perf_counter()
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
             exported = export_scorer_weights(self.model)
             weights = self.model.get_weights()
@@ -225,6 +231,8 @@ class EarlyStopping(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),
             **{f"val_{name}": value for name, value in report.items()},
+            "train_seconds": round(train_seconds, 3),  # the epoch's steps
+            "validation_seconds": round(time.perf_counter() - scored, 3),  # scoring the validation cases
         }
         self.history.append(entry)
         if self.on_epoch is not None:
