@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import bigrec_cli
+from bigrec_cli.annindex import ItemIndex
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import ArtifactError, NotTrainedError
 from bigrec_cli.feedback import FeedbackStore
@@ -24,6 +25,7 @@ from bigrec_cli.project import (
     RUN_CONFIG,
     RUN_EVENT_TYPES,
     RUN_HISTORY,
+    RUN_INDEX,
     RUN_ITEM_ITEM,
     RUN_ITEM_VOCAB,
     RUN_MANIFEST,
@@ -63,6 +65,7 @@ def write_run(
     manifest: dict,
     item_item: ItemItem | None = None,
     event_types: list[str] | None = None,
+    index: ItemIndex | None = None,
 ) -> Path:
     """Write a complete run and return its folder; a crash leaves only a hidden staging folder, never a half run.
 
@@ -76,6 +79,7 @@ def write_run(
         manifest: Provenance to record beside the versions and file checksums (data fingerprint, feature model, …).
         item_item: The item-to-item term the head adds (none when it did not help on validation).
         event_types: The event types the model reads, in the order of their ids.
+        index: The approximate index of the run's items (large catalogs).
     """
     run_id = project.new_run_id()
     staging = project.staging_run_dir(run_id)
@@ -84,6 +88,8 @@ def write_run(
         weights.save(staging / RUN_SCORER)
         if item_item is not None and item_item.active:
             item_item.save(staging / RUN_ITEM_ITEM)
+        if index is not None:
+            index.save(staging / RUN_INDEX)
         atomic_write_json(staging / RUN_CONFIG, config.to_dict())
         atomic_write_json(staging / RUN_ITEM_VOCAB, item_ids)
         atomic_write_json(staging / RUN_EVENT_TYPES, list(event_types or []))

@@ -83,6 +83,12 @@ class Loss(str, Enum):
     gbce = "gbce"
 
 
+class IndexMode(str, Enum):
+    auto = "auto"
+    exact = "exact"
+    hnsw = "hnsw"
+
+
 def source_name(ctx: typer.Context, name: str) -> str:
     """Where Click took an option's value from: COMMANDLINE, ENVIRONMENT, DEFAULT_MAP or DEFAULT."""
     source = ctx.get_parameter_source(name)
@@ -419,6 +425,10 @@ def train(
             help="Share of the known items' validation NDCG@10 that new items may cost for a boost (0: none)."
         ),
     ] = TrainConfig.cold_boost_cost,
+    index: Annotated[
+        IndexMode,
+        typer.Option(help="Approximate top-K index for the run: auto (HNSW from 50,000 items), hnsw, or exact."),
+    ] = IndexMode(TrainConfig.index),
     workers: Annotated[
         int,
         typer.Option(
@@ -439,7 +449,9 @@ def train(
             for name, value in configured(ctx, "train", project_dir).items()
             if name not in ("project_dir", "as_json", "workers", "ray_address")
         }
-        config = TrainConfig(**{**options, "loss": Loss(options["loss"]).value})
+        config = TrainConfig(
+            **{**options, "loss": Loss(options["loss"]).value, "index": IndexMode(options["index"]).value}
+        )
         project = ProjectDir(project_dir)
         project.require_features()
         from bigrec_cli.cluster import cluster_from_env
@@ -548,6 +560,9 @@ def recommend(
     explain: Annotated[
         bool, typer.Option("--explain", help="For each item, the history items that raised its score most.")
     ] = False,
+    index: Annotated[
+        IndexMode, typer.Option(help="auto: the run's HNSW index if it has one; exact: score the whole catalog.")
+    ] = IndexMode.auto,
     as_json: JsonOption = False,
 ) -> None:
     """Top-K items for a user's latest behaviour (ingested feedback included); unknown users get popular items."""
@@ -557,7 +572,7 @@ def recommend(
     with user_errors():
         if (user is None) == (users is None):
             raise BigrecError("give exactly one of --user and --users", hint="e.g. --user 42 or --users users.csv")
-        recommender = Recommender(ProjectDir(project_dir))
+        recommender = Recommender(ProjectDir(project_dir), index=index.value)
         user_ids = [user] if user is not None else read_user_ids(users)
         answers = recommender.recommend_many(
             user_ids,

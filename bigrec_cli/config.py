@@ -63,6 +63,7 @@ LOSSES = ("bce", "gbce")
 WEIGHT_SCALES = ("log", "linear", "ignore")
 DEFAULT_EVENT_WEIGHTS = "purchase=3,cart=2,click=1"  # other positive types weigh 1; negative types are never targets
 NEGATIVE_SAMPLINGS = ("uniform", "popularity")
+INDEX_MODES = ("auto", "exact", "hnsw")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class TrainConfig:
         cold_boost_cost: How much of the validation NDCG@10 of known items (a share) new items may cost: items
             without interactions get the largest bias boost that costs at most this, measured on validation with
             known items posing as new ones (0: no boost; new items then score like their text neighbours).
+        index: The approximate index a run gets for fast top-K: `auto` (a faiss HNSW index from 50,000 items on),
+            `hnsw` (always) or `exact` (never; every answer scores the whole catalog).
     """
 
     epochs: int = 30
@@ -124,6 +127,7 @@ class TrainConfig:
     event_weights: str = DEFAULT_EVENT_WEIGHTS
     weight_scale: str = "ignore"
     cold_boost_cost: float = 0.05
+    index: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_len", "lstm_units", "dim", "negatives", "patience")
@@ -148,6 +152,8 @@ class TrainConfig:
             parse_pairs(self.event_weights, "--event-weights", number=True)
         except ValueError as error:
             raise ConfigError(str(error), hint="write it as purchase=3,cart=2,click=1") from None
+        if self.index not in INDEX_MODES:
+            raise ConfigError(f"unknown index {self.index!r}", hint=f"use one of {', '.join(INDEX_MODES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}", hint=f"use one of {', '.join(LOSSES)}")
         for name, value, upper in (

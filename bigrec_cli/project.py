@@ -44,6 +44,7 @@ RUN_EVENT_TYPES = "event_types.json"
 RUN_METRICS = "metrics.json"
 RUN_HISTORY = "history.json"
 RUN_MANIFEST = "manifest.json"
+RUN_INDEX = "items.hnsw"  # the approximate index of large catalogs (faiss HNSW), when the run has one
 
 
 @contextmanager

@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bigrec_cli.annindex import OVERFETCH, ItemIndex
 from bigrec_cli.artifacts import live_scorer, load_run
 from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
-from bigrec_cli.errors import ConfigError
+from bigrec_cli.errors import ConfigError, NotTrainedError
+from bigrec_cli.events import token_items
 from bigrec_cli.feedback import FeedbackStore
-from bigrec_cli.project import ProjectDir
+from bigrec_cli.project import RUN_INDEX, ProjectDir
+from bigrec_cli.protocol import left_pad
+from bigrec_cli.scoring import Scorer
 
 MAX_K = 1000
 STATE_CACHE_SIZE = 100_000
@@ -81,18 +85,95 @@ def attribute_mask(attributes: pd.DataFrame, condition: str) -> np.ndarray:
     return compare(numbers, bound) & ~np.isnan(numbers)
 
 
+def index_top_k(
+    scorer: Scorer,
+    index: ItemIndex,
+    states: np.ndarray,
+    sequences: np.ndarray,
+    blocked: list[np.ndarray],
+    k: int,
+    allowed: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Each user's top k (item columns, exact logits) among the index's candidates.
+
+    The index proposes k + the user's blocked items + OVERFETCH items by its inner product; with an item-to-item
+    term, the items it scores highest join them. Every candidate is then scored exactly, exactly as without an
+    index, so the answer differs from the exact one only where the best items were never proposed. None for a user
+    whose filters left fewer than k candidates: the caller ranks that user exactly.
+    """
+    count = k + max((len(columns) for columns in blocked), default=0) + OVERFETCH
+    proposed = index.candidates(states, count)
+    term = scorer.item_item.scores(sequences) if scorer.item_item is not None else None
+    answers: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for row in range(len(states)):
+        columns = proposed[row][proposed[row] >= 0]
+        if term is not None:
+            strongest = np.argpartition(-term[row], min(count, term.shape[1] - 1))[:count]
+            columns = np.union1d(columns, strongest[term[row, strongest] > 0])
+        logits = states[row] @ scorer.output_vectors[columns + 1].T + scorer.output_bias[columns + 1]
+        if term is not None:
+            logits = logits + term[row, columns]
+        keep = ~np.isin(columns, blocked[row])
+        if allowed is not None:
+            keep &= allowed[columns]
+        columns, logits = columns[keep], logits[keep]
+        if len(columns) < min(k, scorer.num_items - len(blocked[row])):
+            answers.append(None)
+            continue
+        order = np.argsort(-logits, kind="stable")[:k]
+        answers.append((columns[order], logits[order]))
+    return answers
+
+
+def index_recall(
+    scorer: Scorer, index: ItemIndex, states: np.ndarray, sequences: np.ndarray, blocked: list[np.ndarray], k: int = 10
+) -> float:
+    """Recall@k of the index's answers against exact ranking: the share of the exact top k it returns."""
+    if not len(states):
+        return float("nan")
+    exact = scorer.logits_from_states(states, sequences)
+    for row, columns in enumerate(blocked):
+        exact[row, columns] = -np.inf
+    top = np.argpartition(-exact, min(k, exact.shape[1] - 1), axis=1)[:, :k]
+    found = index_top_k(scorer, index, states, sequences, blocked, k)
+    hits = [len(np.intersect1d(answer[0], top[row])) if answer is not None else k for row, answer in enumerate(found)]
+    return float(np.sum(hits) / (k * len(states)))
+
+
+def sampled_recall(
+    scorer: Scorer,
+    index: ItemIndex,
+    histories: list[np.ndarray],
+    max_len: int,
+    exclude_history: bool,
+    seed: int,
+    sample: int = 2_000,
+) -> dict:
+    """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories."""
+    rows = sorted(np.random.default_rng([seed, 11]).permutation(len(histories))[:sample])
+    chosen = [histories[row] for row in rows]
+    sequences = left_pad(chosen, max_len)
+    states = scorer.user_states(sequences) if len(sequences) else np.zeros((0, scorer.output_vectors.shape[1]))
+    empty = np.zeros(0, dtype="int64")
+    blocked = [token_items(history) - 1 if exclude_history else empty for history in chosen]
+    return {"recall@10": index_recall(scorer, index, states, sequences, blocked, k=10), "recall_cases": len(chosen)}
+
+
 class Recommender:
     """Serves top-K lists from the promoted run and the live behaviour of each user.
 
     Args:
         project: The project directory.
         run_dir: A run to use instead of the promoted one.
+        index: `auto` uses the run's approximate index when it has one, `exact` always scores the whole catalog,
+            `hnsw` requires the index.
     """
 
-    def __init__(self, project: ProjectDir, run_dir: Path | None = None) -> None:
+    def __init__(self, project: ProjectDir, run_dir: Path | None = None, index: str = "auto") -> None:
         project = self.project = project.pinned()
         self.run = load_run(run_dir or project.current_run_dir())
         self.scorer = live_scorer(project, self.run)
+        self.index = self._load_index(index)
         self.max_len = self.run.config.max_len
         self.store = FeedbackStore(project.feedback_db)
         self._state_cache: dict[bytes, np.ndarray] = {}
@@ -118,6 +199,30 @@ class Recommender:
         popularity = events["item_id"].value_counts().add(self.store.item_counts(), fill_value=0)
         popularity = popularity.sort_values(ascending=False, kind="stable")
         self.popular = [item for item in popularity.index if item in self.scorer.index_of]
+
+    def _load_index(self, mode: str) -> ItemIndex | None:
+        """The run's index, extended with the catalog items a later `extract` added; None for exact scoring."""
+        path = self.run.directory / RUN_INDEX
+        if mode == "exact" or (mode == "auto" and not path.exists()):
+            return None
+        if not path.exists():
+            raise NotTrainedError(
+                f"run {self.run.run_id} has no approximate index",
+                hint="train with --index hnsw, or recommend with --index auto/exact",
+            )
+        index = ItemIndex.load(path)
+        if index.num_items > self.scorer.num_items:
+            raise NotTrainedError(f"{path} indexes more items than the run has", hint="train again")
+        added = slice(index.num_items + 1, self.scorer.num_items + 1)
+        index.extend(self.scorer.output_vectors[added], self.scorer.output_bias[added])
+        return index
+
+    @property
+    def index_recall(self) -> float | None:
+        """Recall@10 of the run's index against exact ranking, measured on validation users when it was built."""
+        if self.index is None:
+            return None
+        return self.run.metrics.get("index", {}).get("recall@10")
 
     def close(self) -> None:
         """Release what this recommender holds open (its feedback store's connections)."""
@@ -248,10 +353,25 @@ class Recommender:
             states = self._user_states(sequences)
             for start in range(0, len(warm), 512):
                 rows = warm[start : start + 512]
-                logits = self.scorer.logits_from_states(states[start : start + 512], sequences[start : start + 512])
+                block_states, block_sequences = states[start : start + 512], sequences[start : start + 512]
+                exact = rows
+                if self.index is not None:
+                    found = index_top_k(
+                        self.scorer, self.index, block_states, block_sequences, self._columns(blocked, rows), k, allowed
+                    )
+                    for row, answer in zip(rows, found):
+                        if answer is not None:
+                            items = self._items(answer[0][None, :], answer[1][None, :])[0]
+                            answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
+                    exact = [row for row, answer in zip(rows, found) if answer is None]
+                    positions = [rows.index(row) for row in exact]
+                    block_states, block_sequences = block_states[positions], block_sequences[positions]
+                if not exact:
+                    continue
+                logits = self.scorer.logits_from_states(block_states, block_sequences)
                 if allowed is not None:
                     logits[:, ~allowed] = -np.inf
-                for row, items in zip(rows, self._top_k(logits, [blocked[row] for row in rows], k)):
+                for row, items in zip(exact, self._top_k(logits, [blocked[row] for row in exact], k)):
                     answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
@@ -318,19 +438,29 @@ class Recommender:
                 self._state_cache[keys[position]] = state
         return np.stack(cached)
 
+    def _columns(self, blocked: list[list[str]], rows: list[int]) -> list[np.ndarray]:
+        """The item columns (index − 1) of each row's blocked items."""
+        index_of = self.scorer.index_of
+        return [
+            np.array([index_of[item] - 1 for item in blocked[row] if item in index_of], dtype="int64") for row in rows
+        ]
+
     def _top_k(self, logits: np.ndarray, blocked: list[list[str]], k: int) -> list[list[dict]]:
         """Return the answer items of each row of (users, items) logits, for all rows at once, without the
         row's `blocked` items."""
-        seen = [[self.scorer.index_of[item] - 1 for item in items if item in self.scorer.index_of] for items in blocked]
+        seen = self._columns(blocked, list(range(len(blocked))))
         rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
         if len(rows):
-            columns = np.fromiter((c for columns in seen for c in columns), dtype="int64", count=len(rows))
-            logits[rows, columns] = -np.inf
+            logits[rows, np.concatenate(seen)] = -np.inf
         keep = min(k, logits.shape[1])
         top = np.argpartition(logits, logits.shape[1] - keep, axis=1)[:, logits.shape[1] - keep :]
         values = np.take_along_axis(logits, top, axis=1)
         order = np.argsort(-values, axis=1, kind="stable")
         top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+        return self._items(top, values)
+
+    def _items(self, top: np.ndarray, values: np.ndarray) -> list[list[dict]]:
+        """Answer items of (users, k) item columns and their logits, best first; −inf logits are left out."""
         probabilities = self.scorer.probability(values)
         item_ids = self.scorer.item_ids
         return [

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from bigrec_cli.annindex import EF_SEARCH, HNSW_NEIGHBOURS, ItemIndex, wants_index
 from bigrec_cli.artifacts import load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
@@ -26,6 +27,7 @@ from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_i
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
 from bigrec_cli.protocol import Windows, left_pad, scorer_report
+from bigrec_cli.recommend import sampled_recall
 from bigrec_cli.scoring import Scorer, ScorerWeights, fit_calibration, impute_items
 from bigrec_cli.sequences import read_training_data
 from bigrec_cli.vectors import load_item_vectors
@@ -284,6 +286,25 @@ def choose_item_item(
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types)
 
 
+def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: bool) -> tuple[ItemIndex | None, dict]:
+    """The run's approximate index when `config.index` asks for one, and its recall@10 against exact ranking on
+    validation users: the answers `recommend` gives with it against those it gives without."""
+    if not wants_index(config.index, scorer.num_items):
+        return None, {"kind": "exact", "num_items": scorer.num_items}
+    started = time.perf_counter()
+    index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
+    built = time.perf_counter() - started
+    recall = sampled_recall(scorer, index, cases.histories, config.max_len, exclude_history, config.seed)
+    return index, {
+        "kind": "hnsw",
+        "num_items": scorer.num_items,
+        **recall,
+        "build_seconds": round(built, 3),
+        "hnsw_neighbours": HNSW_NEIGHBOURS,
+        "ef_search": EF_SEARCH,
+    }
+
+
 def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:
     """(a, b) that make sigmoid(a · logit + b) a probability on validation: each held-out event against
     `config.negatives` items drawn uniformly from those the user never had, as in training."""
@@ -460,6 +481,9 @@ def train(
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
         item_item = refit_item_item(item_item, history_matrix(data.seen, len(item_ids), negative_types), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
+    index, index_info = build_index(
+        Scorer(weights, item_ids, item_item, event_types), cases, config, policy.exclude_history
+    )
     final = write_run(
         project,
         config=config,
@@ -468,6 +492,7 @@ def train(
         history=stopper.history,
         item_item=item_item,
         event_types=event_types,
+        index=index,
         metrics={
             **metrics,
             "item_item": item_item_choice["chosen"],
@@ -475,6 +500,7 @@ def train(
             "best_epoch": stopper.best_epoch,
             "epochs_run": len(stopper.history),
             "num_cold_items": int(cold.sum()),
+            "index": index_info,
         },
         manifest={
             **versions(),

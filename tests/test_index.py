@@ -1,0 +1,86 @@
+"""The approximate top-K index (faiss HNSW): real indexes, the real CLI, answers compared with exact ranking."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bigrec_cli.annindex import INDEX_MIN_ITEMS, ItemIndex, wants_index
+from bigrec_cli.errors import ArtifactError
+from bigrec_cli.project import ProjectDir
+from tests.conftest import SAMPLE, invoke
+
+
+def clustered(rng: np.random.Generator, items: int, dim: int, clusters: int = 200) -> np.ndarray:
+    """Item vectors in clusters (as trained vectors are), not i.i.d. noise."""
+    centres = rng.normal(size=(clusters, dim))
+    return (centres[rng.integers(0, clusters, items)] + 0.3 * rng.normal(size=(items, dim))).astype("float32")
+
+
+def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors, bias = clustered(rng, 20_000, 16), rng.normal(scale=2.0, size=20_000).astype("float32")
+    index = ItemIndex.build(vectors, bias)
+    users = rng.normal(size=(200, 16)).astype("float32")
+    exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
+    found = index.candidates(users, 10)
+    recall = np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))])
+    assert recall >= 0.95
+    # the bias counts: without it the answers differ
+    plain = np.argsort(-(users @ vectors.T), axis=1)[:, :10]
+    assert np.mean([len(np.intersect1d(plain[row], exact[row])) / 10 for row in range(len(users))]) < 0.9
+    # written and read back (faiss' own format), then grown with new items that become findable
+    path = tmp_path / "items.hnsw"
+    index.save(path)
+    again = ItemIndex.load(path)
+    assert again.num_items == 20_000
+    np.testing.assert_array_equal(again.candidates(users[:5], 10), index.candidates(users[:5], 10))
+    best = users[:1] * 100.0  # an item aligned with user 0, far above every other logit
+    again.extend(best, np.zeros(1, dtype="float32"))
+    assert again.num_items == 20_001 and again.candidates(users[:1], 1)[0, 0] == 20_000
+    path.write_bytes(b"not an index")
+    with pytest.raises(ArtifactError, match="not a faiss index"):
+        ItemIndex.load(path)
+
+
+def test_auto_indexes_large_catalogs_only():
+    assert not wants_index("auto", INDEX_MIN_ITEMS - 1) and wants_index("auto", INDEX_MIN_ITEMS)
+    assert wants_index("hnsw", 10) and not wants_index("exact", 10**7)
+
+
+def recommended(project, user: str, *extra: str) -> list[str]:
+    result = invoke("recommend", "--project-dir", str(project), "--user", user, "--k", "20", "--json", *extra)
+    assert result.exit_code == 0, result.stderr
+    return [item["item_id"] for item in json.loads(result.stdout)["items"]]
+
+
+def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog(trained_copy):
+    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--index", "hnsw", "--json")
+    assert result.exit_code == 0, result.stderr
+    run_dir = trained_copy / "runs" / json.loads(result.stdout)["run_id"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["index"]
+    assert metrics["kind"] == "hnsw" and metrics["recall@10"] == 1.0 and metrics["recall_cases"] > 0
+    assert "items.hnsw" in json.loads((run_dir / "manifest.json").read_text())["files"]  # checksummed
+    for user in ("u0007", "u0100", "u0250"):
+        assert recommended(trained_copy, user) == recommended(trained_copy, user, "--index", "exact")
+    evaluation = invoke("evaluate", "--project-dir", str(trained_copy), "--no-baselines", "--json")
+    assert evaluation.exit_code == 0, evaluation.stderr
+    assert json.loads(evaluation.stdout)["index"]["recall@10"] == 1.0
+    # a later extract adds an item: the index is extended when the run is loaded, and the item can be answered
+    invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv"))
+    assert invoke("extract", "--project-dir", str(trained_copy)).exit_code == 0
+    from bigrec_cli.recommend import Recommender
+
+    recommender = Recommender(ProjectDir(trained_copy))
+    assert recommender.index.num_items == recommender.scorer.num_items == 401
+    answer = recommender.recommend("u0001", k=400)["items"]
+    assert "n0001" in {item["item_id"] for item in answer}
+    # a damaged index is refused by name, like every other file of a run
+    (run_dir / "items.hnsw").write_bytes(b"damaged")
+    damaged = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007")
+    assert damaged.exit_code == 1 and "items.hnsw" in damaged.stderr
+
+
+def test_index_hnsw_needs_a_run_with_an_index(trained_copy):
+    result = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007", "--index", "hnsw")
+    assert result.exit_code == 1 and "no approximate index" in result.stderr
