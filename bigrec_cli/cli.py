@@ -655,15 +655,34 @@ def serve(
     allowed_origin: Annotated[
         Optional[list[str]], typer.Option(help="Origin allowed to POST from a browser, e.g. https://shop.example.")
     ] = None,
+    access_log: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Append one JSON line per request (time, method, endpoint, status, duration_ms, run_id) to this "
+            "file; - for stderr.",
+            show_default=False,
+            metavar="PATH",
+        ),
+    ] = None,
 ) -> None:
-    """Serve GET /recommend, POST /feedback and GET /health over HTTP; picks up newly promoted runs by itself."""
+    """Serve GET /recommend, POST /feedback, GET /health and GET /metrics (Prometheus) over HTTP; picks up newly
+    promoted runs by itself."""
     from bigrec_cli import serve
 
     with user_errors():
         options = configured(ctx, "serve", project_dir)
-        host, port, token, workers, warm_users, allowed_host, allowed_origin = (
+        host, port, token, workers, warm_users, allowed_host, allowed_origin, access_log = (
             options[name]
-            for name in ("host", "port", "token", "workers", "warm_users", "allowed_host", "allowed_origin")
+            for name in (
+                "host",
+                "port",
+                "token",
+                "workers",
+                "warm_users",
+                "allowed_host",
+                "allowed_origin",
+                "access_log",
+            )
         )
         project = ProjectDir(project_dir)
         if token is not None and not token.strip():
@@ -682,6 +701,7 @@ def serve(
             warm_users=warm_users,
             allowed_hosts=allowed_host or [],
             allowed_origins=allowed_origin or [],
+            access_log=access_log,
             on_listening=lambda url: info(f"bigrec serving {project.root} on {url} (OpenAPI at {url}/docs)"),
         )
 

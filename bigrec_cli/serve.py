@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -36,6 +38,7 @@ from bigrec_cli.errors import CannotListenError, ConfigError, StoreBusyError
 from bigrec_cli.feedback import FeedbackStore, IngestSummary, Row, ingest, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
+from bigrec_cli.telemetry import MULTIPROCESS_DIR, AccessLog, Telemetry
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -76,18 +79,26 @@ class ModelWatcher:
         load: Builds a ready recommender (the promoted run, its users warmed).
         generation: Returns a value that changes whenever `load` would give a different recommender.
         poll_seconds: How often to look.
+        telemetry: Told which run is served, and counts each reload attempt (ok, or error: a failing run is tried
+            again at every poll while `current` names it).
     """
 
     def __init__(
-        self, load: Callable[[], Recommender], generation: Callable[[], Hashable], poll_seconds: float = 1.0
+        self,
+        load: Callable[[], Recommender],
+        generation: Callable[[], Hashable],
+        poll_seconds: float = 1.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.load = load
         self.generation = generation
         self.poll_seconds = poll_seconds
         self.retire_seconds = RETIRE_SECONDS
+        self.telemetry = telemetry
         first = generation()
         self.state = ServingState(load(), first)
         self.last_error: str | None = None
+        self._report(self.state)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,9 +113,14 @@ class ModelWatcher:
         except Exception as error:  # a damaged or half-promoted run must not take the server down
             self.last_error = f"{type(error).__name__}: {error}"
             LOG.warning("not reloading: %s", self.last_error)
+            if self.telemetry is not None:
+                self.telemetry.reloaded(ok=False)
             return False
         retired, self.state = self.state, ServingState(fresh, generation)
         self.last_error = None
+        if self.telemetry is not None:
+            self.telemetry.reloaded(ok=True)
+        self._report(self.state)
         # Requests still running on the old model finish within milliseconds; it is closed and released after
         # that, explicitly (see retire). The new model moves out of the collector's sight now.
         closer = threading.Timer(self.retire_seconds, retire, args=([retired],))
@@ -113,6 +129,13 @@ class ModelWatcher:
         del retired
         gc.freeze()
         return True
+
+    def _report(self, state: ServingState) -> None:
+        if self.telemetry is not None:
+            recommender = state.recommender
+            self.telemetry.model_served(
+                recommender.run.run_id, state.loaded_at, getattr(recommender, "index_recall", None)
+            )
 
     def start(self) -> None:
         def loop() -> None:
@@ -249,6 +272,44 @@ def iso_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+class Measured:
+    """ASGI middleware, outermost: times every HTTP request to its last byte and tells the telemetry.
+
+    The endpoint is the template of the route that matched (`scope["route"]`, set by the router), never the raw
+    path, so the labels stay as few as the routes.
+    """
+
+    def __init__(self, app, telemetry: Telemetry, run_id: Callable[[], str]) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.run_id = run_id
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, clock, run_id = time.time(), time.perf_counter(), self.run_id()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            self.telemetry.request(
+                method=scope["method"],
+                endpoint=getattr(scope.get("route"), "path", None),
+                status=status,
+                started=started,
+                seconds=time.perf_counter() - clock,
+                run_id=run_id,
+            )
+
+
 def create_app(
     *,
     load: Callable[[], Recommender],
@@ -261,6 +322,7 @@ def create_app(
     allowed_hosts: set[str] | None = None,
     allowed_origins: set[str] | None = None,
     check_store: Callable[[], None] | None = None,
+    access_log: str | None = None,
 ) -> FastAPI:
     """Build the ASGI app from what it needs; `project_app` wires these to a project directory.
 
@@ -269,7 +331,7 @@ def create_app(
         generation: Returns a value that changes when `load` would return a different recommender.
         ingest: Stores decoded feedback rows all or nothing and returns what it did; raises StoreBusyError when
             the store stays locked.
-        token: When set, every endpoint but /health (the OpenAPI page and schema included) needs
+        token: When set, every endpoint but /health (the OpenAPI page and schema, and /metrics, included) needs
             `Authorization: Bearer <token>`.
         poll_seconds: How often to look for a newly promoted run.
         max_body_bytes: Largest accepted request body.
@@ -277,10 +339,13 @@ def create_app(
         allowed_hosts: Host header names to answer (DNS rebinding); None answers any.
         allowed_origins: Origins allowed to POST across sites; a browser's cross-origin write is refused otherwise.
         check_store: Raises when the feedback store is unusable; /health reports it.
+        access_log: A file to append one JSON line per request to, `-` for stderr; None: no access log.
     """
     import swagger_ui_bundle
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    watcher = ModelWatcher(load, generation, poll_seconds)
+    telemetry = Telemetry(access_log)
+    watcher = ModelWatcher(load, generation, poll_seconds, telemetry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -288,6 +353,7 @@ def create_app(
             watcher.start()
         yield
         watcher.stop()
+        telemetry.close()
 
     app = FastAPI(
         title="bigrec",
@@ -299,6 +365,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.watcher = watcher
+    app.state.telemetry = telemetry
     bearer = HTTPBearer(auto_error=False, description="The token given to `bigrec serve --token`.")
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -322,6 +389,7 @@ def create_app(
                 )
         return await call_next(request)
 
+    app.add_middleware(Measured, telemetry=telemetry, run_id=lambda: watcher.state.recommender.run.run_id)
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
@@ -360,6 +428,11 @@ def create_app(
                 answer.update(status="degraded", store_error=without_paths(f"{type(error).__name__}: {error}"))
                 return JSONResponse(answer, status_code=503)
         return JSONResponse(answer)
+
+    @app.get("/metrics", dependencies=guarded, include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus' text format; with `serve --workers N`, the sum over all the workers."""
+        return Response(await run_in_threadpool(generate_latest, telemetry.exposed), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/recommend", dependencies=guarded, response_model=RecommendAnswer)
     async def recommend(
@@ -421,6 +494,7 @@ def create_app(
             summary = await run_in_threadpool(ingest, rows_from_objects(events))
         except StoreBusyError as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
+        telemetry.feedback(summary.num_accepted, summary.num_rejected)
         result = {key: value for key, value in summary.__dict__.items() if key != "rejects_path"}
         if summary.num_rejected:
             result["detail"] = "no event stored: fix the rejected events and resend"
@@ -456,13 +530,15 @@ def project_app(
 
 
 def app_from_environment() -> FastAPI:
-    """App factory for uvicorn worker processes: the project, token and warm-up size come from the environment."""
+    """App factory for uvicorn worker processes: the project, token, warm-up size and the rest come from the
+    environment (`run` sets it; `PROMETHEUS_MULTIPROC_DIR` too, so that the workers' metrics add up)."""
     app = project_app(
         ProjectDir(Path(os.environ["BIGREC_PROJECT_DIR"])),
         token=os.environ.get("BIGREC_TOKEN") or None,
         warm_users=int(os.environ.get("BIGREC_WARM_USERS", WARM_USERS)),
         allowed_hosts=set(filter(None, os.environ.get("BIGREC_ALLOWED_HOSTS", "").split(","))),
         allowed_origins=set(filter(None, os.environ.get("BIGREC_ALLOWED_ORIGINS", "").split(","))),
+        access_log=os.environ.get("BIGREC_ACCESS_LOG") or None,
     )
     tune_process_for_serving()
     return app
@@ -514,15 +590,22 @@ def run(
     warm_users: int = WARM_USERS,
     allowed_hosts: list[str] = (),
     allowed_origins: list[str] = (),
+    access_log: str | None = None,
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port.
 
-    Raises CannotListenError before loading anything when the address cannot be bound.
+    With workers, the metrics of each process go to files in a fresh temporary folder (`PROMETHEUS_MULTIPROC_DIR`,
+    set before the workers start and import prometheus_client; removed at exit), which /metrics adds up.
+
+    Raises CannotListenError before loading anything when the address cannot be bound, and ConfigError when the
+    access log cannot be appended to.
     """
     import uvicorn
 
     check_address(host, port)
+    if access_log and access_log != "-":
+        AccessLog(access_log).close()
     hosts = (
         LOOPBACK_HOSTS
         | {host.strip("[]").lower(), socket.gethostname().lower()}
@@ -532,7 +615,14 @@ def run(
     if on_listening is not None:
         on_listening(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
     if workers == 1:
-        app = project_app(project, token=token, warm_users=warm_users, allowed_hosts=hosts, allowed_origins=origins)
+        app = project_app(
+            project,
+            token=token,
+            warm_users=warm_users,
+            allowed_hosts=hosts,
+            allowed_origins=origins,
+            access_log=access_log,
+        )
         tune_process_for_serving()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
@@ -542,12 +632,19 @@ def run(
         os.environ["BIGREC_TOKEN"] = token
     os.environ["BIGREC_ALLOWED_HOSTS"] = ",".join(sorted(hosts))
     os.environ["BIGREC_ALLOWED_ORIGINS"] = ",".join(sorted(origins))
-    uvicorn.run(
-        "bigrec_cli.serve:app_from_environment",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-    )
+    os.environ["BIGREC_ACCESS_LOG"] = access_log or ""
+    metrics_dir = tempfile.mkdtemp(prefix="bigrec-metrics-")
+    os.environ[MULTIPROCESS_DIR] = metrics_dir  # the workers are spawned: they import prometheus_client after this
+    try:
+        uvicorn.run(
+            "bigrec_cli.serve:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        os.environ.pop(MULTIPROCESS_DIR, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
