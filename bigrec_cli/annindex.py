@@ -1,10 +1,17 @@
 """Approximate retrieval for large catalogs: a faiss HNSW index over the scorer's item vectors.
 
 The scorer's logit of item j for a user vector u is u · v_j + b_j (+ the item-to-item term): an inner product once
-the bias is folded in as one more dimension, [v_j, b_j] · [u, 1]. Below `INDEX_MIN_ITEMS` items one matrix product
-over the catalog takes a few milliseconds and stays exact; above it, the index proposes candidates, which the
-scorer then scores exactly (the item-to-item term and the rules included) before the top K are taken. The index
-is a file of its run (`items.hnsw`, in faiss' own format, never pickle), checksummed by the run's manifest.
+the bias is folded in as one more dimension, x_j = [v_j, b_j] against q = [u, 1]. HNSW's greedy walk finds the
+largest inner products poorly when the items' norms differ (long vectors crowd out the rest), so the graph is built
+over the reduction to nearest neighbours of Bachrach et al. (2014): each item gets one more coordinate,
+sqrt(R² − |x_j|²) with R the largest norm, so every item has norm R, the query gets 0 there, and
+|q − x_j|² = |q|² + R² − 2 q · x_j: the nearest items in L2 are those with the largest logits (on 30,000
+jittered real items, recall@10 rose from 0.975 with faiss' inner-product graph to 0.999: bench/index.py).
+
+Below `INDEX_MIN_ITEMS` items one matrix product over the catalog takes a few milliseconds and stays exact; above
+it, the index proposes candidates, which the scorer then scores exactly (the item-to-item term and the rules
+included) before the top K are taken. The index is a file of its run (`items.hnsw`, in faiss' own format, never
+pickle), checksummed by the run's manifest.
 """
 
 from __future__ import annotations
@@ -41,8 +48,15 @@ def wants_index(mode: str, num_items: int) -> bool:
     return mode == "hnsw" or (mode == "auto" and num_items >= INDEX_MIN_ITEMS)
 
 
-def _rows(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.concatenate([vectors, bias[:, None]], axis=1), dtype="float32")
+def _rows(vectors: np.ndarray, bias: np.ndarray, radius: float | None = None) -> tuple[np.ndarray, float]:
+    """Items as points of norm `radius` (the largest norm when None): [v, b, sqrt(radius² − |[v, b]|²)]."""
+    points = np.concatenate([vectors, bias[:, None]], axis=1).astype("float64")
+    squared = (points**2).sum(axis=1)
+    if radius is None:
+        radius = float(np.sqrt(squared.max())) if len(squared) else 1.0
+    # an item added later that is longer than every indexed one gets 0: ranked as if it were radius long
+    extra = np.sqrt(np.maximum(radius**2 - squared, 0.0))
+    return np.ascontiguousarray(np.concatenate([points, extra[:, None]], axis=1), dtype="float32"), radius
 
 
 class ItemIndex:
@@ -56,9 +70,9 @@ class ItemIndex:
     def build(cls, vectors: np.ndarray, bias: np.ndarray) -> "ItemIndex":
         """Index items' output vectors (N, dim) and biases (N,)."""
         faiss = _faiss()
-        index = faiss.IndexHNSWFlat(vectors.shape[1] + 1, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(vectors.shape[1] + 2, HNSW_NEIGHBOURS, faiss.METRIC_L2)
         index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.add(_rows(vectors, bias))
+        index.add(_rows(vectors, bias)[0])
         return cls(index)
 
     @classmethod
@@ -79,15 +93,20 @@ class ItemIndex:
     def num_items(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def radius(self) -> float:
+        """R: every indexed item has this norm (read back from the first one, so the file needs nothing else)."""
+        return float(np.linalg.norm(self.index.reconstruct(0))) if self.num_items else 1.0
+
     def extend(self, vectors: np.ndarray, bias: np.ndarray) -> None:
         """Add items after the indexed ones (catalog items a later `extract` added)."""
         if len(vectors):
-            self.index.add(_rows(vectors, bias))
+            self.index.add(_rows(vectors, bias, self.radius)[0])
 
     def candidates(self, states: np.ndarray, count: int) -> np.ndarray:
         """(users, count) item columns (index − 1) with the highest approximate logits; −1 where the graph ran
         out."""
-        queries = np.concatenate([states, np.ones((len(states), 1), dtype=states.dtype)], axis=1)
+        queries = np.concatenate([states, np.ones((len(states), 1)), np.zeros((len(states), 1))], axis=1)
         count = max(1, min(count, self.num_items))
         self.index.hnsw.efSearch = max(EF_SEARCH, count)
         _, columns = self.index.search(np.ascontiguousarray(queries, dtype="float32"), count)

@@ -35,8 +35,11 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
     again = ItemIndex.load(path)
     assert again.num_items == 20_000
     np.testing.assert_array_equal(again.candidates(users[:5], 10), index.candidates(users[:5], 10))
-    best = users[:1] * 100.0  # an item aligned with user 0, far above every other logit
-    again.extend(best, np.zeros(1, dtype="float32"))
+    # a new item along user 0's query [u, 1], as long as the longest indexed item: the best logit there can be
+    query = np.append(users[0], 1.0)
+    point = 0.999 * again.radius * query / np.linalg.norm(query)
+    assert point @ query > (vectors @ users[0] + bias).max()
+    again.extend(point[None, :16].astype("float32"), point[16:].astype("float32"))
     assert again.num_items == 20_001 and again.candidates(users[:1], 1)[0, 0] == 20_000
     path.write_bytes(b"not an index")
     with pytest.raises(ArtifactError, match="not a faiss index"):

@@ -1,0 +1,165 @@
+"""The approximate index at a million items: build time, recall@10 against exact ranking, query latency.
+
+Protocol: MovieLens 100K is preprocessed, extracted with MiniLM and trained with `bigrec train`'s defaults (seed 0),
+as bench/quality.py does. The trained run's item vectors have the structure real ones have; a catalog of
+`--items` (default 1,000,000) is made from them: the run's 1,682 items first, then copies of them (round robin)
+jittered by Gaussian noise whose scale is a quarter of the median distance between a real item and its nearest
+real neighbour, in the space of the item vectors and biases, numpy default_rng(seed 0). So the catalog
+is clusters around real items, neither i.i.d. noise nor exact duplicates. The scorer is the run's own (its LSTM,
+user projection and head) over that catalog, without the item-to-item term (which has no meaning for copies).
+Users: the 943 validation users of the split, their histories read by the run's LSTM; their own history items are
+excluded, as `recommend` does. Measured:
+- build: seconds to build the HNSW index (M 32, efConstruction 40, over the L2 reduction of annindex.py) on all
+  cores;
+- recall@10 of `recommend`'s index path (k + excluded + 50 candidates from the index, scored exactly, top 10)
+  against exact ranking of the whole catalog, at efSearch 64, 128 (the default) and 256 (the search runs with
+  the larger of efSearch and the number of candidates asked for);
+- latency of one user's top 10 (one query at a time, faiss on one thread, numpy's BLAS on its default threads):
+  the index path against the exact path (one matrix product over the catalog and a partial sort), median and p99
+  over 500 queries each, measured in the same run.
+This is the retrieval stage alone; HTTP and the feedback store come on top (bench/latency.py). Reads
+../shared/data/ml-100k; when it is absent, says so and stops. Writes bench/results/index-<items>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from results_io import protocol, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("BIGREC_DATA_DIR") or ROOT.parent / "shared" / "data") / "ml-100k"
+WORK = ROOT / "bench" / ".work" / "index"
+RESULTS = ROOT / "bench" / "results"
+
+
+def trained_project():
+    """ML-100K trained with the defaults (seed 0); reused when WORK already holds a run."""
+    from bigrec_cli import data as data_module
+    from bigrec_cli.checkpoints import named_checkpoint
+    from bigrec_cli.config import TrainConfig
+    from bigrec_cli.features import extract
+    from bigrec_cli.project import ProjectDir
+    from bigrec_cli.train import train
+
+    project = ProjectDir(WORK)
+    if project.current_run_id() is None:
+        data_module.preprocess(project, movielens_source=DATA)
+        extract(project, named_checkpoint("minilm"))
+        train(project, TrainConfig(seed=0, index="exact"), on_epoch=lambda e: print(e["epoch"], file=sys.stderr))
+    return project
+
+
+def jittered_scorer(scorer, items: int, rng: np.random.Generator):
+    """The run's scorer over a catalog of `items`: its own items, then jittered copies of them."""
+    from bigrec_cli.scoring import Scorer
+
+    weights = scorer.weights
+    real = scorer.input_vectors[1:]  # the item vectors the LSTM reads; the head weighs them for the output
+    real_bias = scorer.output_bias[1:] - weights.head_bias[0]
+    points = np.concatenate([real, real_bias[:, None]], axis=1)
+    squared = (points**2).sum(axis=1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * points @ points.T, 0.0))
+    np.fill_diagonal(distances, np.inf)
+    scale = 0.25 * float(np.median(distances.min(axis=1))) / np.sqrt(points.shape[1])
+    source = np.arange(items) % len(real)
+    noise = rng.normal(scale=scale, size=(items, points.shape[1])).astype("float32")
+    noise[: len(real)] = 0.0
+    jittered = points[source] + noise
+    rows = items + 1
+    dim = real.shape[1]
+    synthetic = replace(
+        weights,
+        text_vectors=np.zeros((rows, 1), dtype="float32"),
+        projection_kernel=np.zeros((1, dim), dtype="float32"),
+        projection_bias=np.zeros(dim, dtype="float32"),
+        id_embedding=np.concatenate([np.zeros((1, dim), "float32"), jittered[:, :dim]]),
+        item_bias=np.concatenate([[0.0], jittered[:, dim]]).astype("float32"),
+        cold_rows=np.zeros(rows),
+        cold_boost=np.zeros(1),
+    )
+    return Scorer(synthetic, [f"i{row}" for row in range(items)], None, scorer.event_types), scale
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000.0, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=lambda text: int(text.replace("_", "")), default=1_000_000)
+    options = parser.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"{DATA} is absent: this benchmark reads MovieLens 100K and stops here")
+    import faiss
+
+    from bigrec_cli import annindex
+    from bigrec_cli.artifacts import load_run, run_scorer
+    from bigrec_cli.data import SPLIT_VALID, load_events
+    from bigrec_cli.events import token_items
+    from bigrec_cli.protocol import holdout_cases, indexed_events, left_pad
+    from bigrec_cli.recommend import index_recall, index_top_k
+
+    project = trained_project()
+    run = load_run(project.current_run_dir())
+    real = run_scorer(run)
+    scorer, scale = jittered_scorer(real, options.items, np.random.default_rng(0))
+    cases = holdout_cases(indexed_events(load_events(project), run.item_ids, run.event_types), SPLIT_VALID)
+    sequences = left_pad(cases.histories, run.config.max_len)
+    states = scorer.user_states(sequences)
+    blocked = [token_items(history) - 1 for history in cases.histories]
+    started = time.perf_counter()
+    index = annindex.ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
+    build_seconds = time.perf_counter() - started
+    print(f"{options.items:,} items: index built in {build_seconds:.1f} s", file=sys.stderr)
+    faiss.omp_set_num_threads(1)
+    recall = {}
+    for ef in (64, 128, 256):
+        annindex.EF_SEARCH = ef
+        recall[ef] = index_recall(scorer, index, states, sequences, blocked, k=10)
+        print(f"efSearch {ef}: recall@10 {recall[ef]:.4f}", file=sys.stderr)
+    annindex.EF_SEARCH = 128
+    queries = np.random.default_rng(1).integers(0, len(states), 500)
+    timings: dict[str, list[float]] = {"index": [], "exact": []}
+    for user in queries:  # alternate the two paths, so that both see the same machine
+        one, seq, skip = states[user : user + 1], sequences[user : user + 1], [blocked[user]]
+        started = time.perf_counter()
+        index_top_k(scorer, index, one, seq, skip, 10)
+        timings["index"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        logits = scorer.logits_from_states(one, seq)
+        logits[0, skip[0]] = -np.inf
+        top = np.argpartition(-logits[0], 10)[:10]
+        top[np.argsort(-logits[0, top])]
+        timings["exact"].append(time.perf_counter() - started)
+    latency = {
+        path: {"median_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+        for path, values in timings.items()
+    }
+    for path, figures in latency.items():
+        print(f"{path}: median {figures['median_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms", file=sys.stderr)
+    write_result(
+        RESULTS / f"index-{options.items}.json",
+        {
+            "items": options.items,
+            "real_items": real.num_items,
+            "jitter_scale": scale,
+            "users": len(states),
+            "build_seconds": round(build_seconds, 1),
+            "recall_at_10": {f"ef_search_{ef}": value for ef, value in recall.items()},
+            "latency_one_query": latency,
+            "exact_over_index_median": latency["exact"]["median_ms"] / latency["index"]["median_ms"],
+            "cpu_count": os.cpu_count(),
+            "protocol": protocol(__doc__),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
