@@ -664,6 +664,9 @@ def serve(
             metavar="PATH",
         ),
     ] = None,
+    index: Annotated[
+        IndexMode, typer.Option(help="auto: the run's HNSW index if it has one; exact: score the whole catalog.")
+    ] = IndexMode.auto,
 ) -> None:
     """Serve GET /recommend, POST /feedback, GET /health and GET /metrics (Prometheus) over HTTP; picks up newly
     promoted runs by itself."""
@@ -671,7 +674,7 @@ def serve(
 
     with user_errors():
         options = configured(ctx, "serve", project_dir)
-        host, port, token, workers, warm_users, allowed_host, allowed_origin, access_log = (
+        host, port, token, workers, warm_users, allowed_host, allowed_origin, access_log, index = (
             options[name]
             for name in (
                 "host",
@@ -682,6 +685,7 @@ def serve(
                 "allowed_host",
                 "allowed_origin",
                 "access_log",
+                "index",
             )
         )
         project = ProjectDir(project_dir)
@@ -702,6 +706,7 @@ def serve(
             allowed_hosts=allowed_host or [],
             allowed_origins=allowed_origin or [],
             access_log=access_log,
+            index=IndexMode(index).value,
             on_listening=lambda url: info(f"bigrec serving {project.root} on {url} (OpenAPI at {url}/docs)"),
         )
 

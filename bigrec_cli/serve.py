@@ -505,12 +505,18 @@ def create_app(
 
 
 def project_app(
-    project: ProjectDir, *, token: str | None = None, warm_users: int = WARM_USERS, **options: Any
+    project: ProjectDir,
+    *,
+    token: str | None = None,
+    warm_users: int = WARM_USERS,
+    index: str = "auto",
+    **options: Any,
 ) -> FastAPI:
-    """The app over a project: its promoted run, warmed for the `warm_users` most recent users, and its store."""
+    """The app over a project: its promoted run, warmed for the `warm_users` most recent users, and its store;
+    `index` as `Recommender` takes it (auto: the run's approximate index when it has one)."""
 
     def load() -> Recommender:
-        recommender = Recommender(project)
+        recommender = Recommender(project, index=index)
         if warm_users:
             recommender.warm(warm_users)
         return recommender
@@ -539,6 +545,7 @@ def app_from_environment() -> FastAPI:
         allowed_hosts=set(filter(None, os.environ.get("BIGREC_ALLOWED_HOSTS", "").split(","))),
         allowed_origins=set(filter(None, os.environ.get("BIGREC_ALLOWED_ORIGINS", "").split(","))),
         access_log=os.environ.get("BIGREC_ACCESS_LOG") or None,
+        index=os.environ.get("BIGREC_INDEX") or "auto",
     )
     tune_process_for_serving()
     return app
@@ -591,6 +598,7 @@ def run(
     allowed_hosts: list[str] = (),
     allowed_origins: list[str] = (),
     access_log: str | None = None,
+    index: str = "auto",
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Load the project and serve it until interrupted; `workers` > 1 runs that many processes on one port.
@@ -622,6 +630,7 @@ def run(
             allowed_hosts=hosts,
             allowed_origins=origins,
             access_log=access_log,
+            index=index,
         )
         tune_process_for_serving()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -633,6 +642,7 @@ def run(
     os.environ["BIGREC_ALLOWED_HOSTS"] = ",".join(sorted(hosts))
     os.environ["BIGREC_ALLOWED_ORIGINS"] = ",".join(sorted(origins))
     os.environ["BIGREC_ACCESS_LOG"] = access_log or ""
+    os.environ["BIGREC_INDEX"] = index
     metrics_dir = tempfile.mkdtemp(prefix="bigrec-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir  # the workers are spawned: they import prometheus_client after this
     try:

@@ -69,6 +69,22 @@ def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog
     evaluation = invoke("evaluate", "--project-dir", str(trained_copy), "--no-baselines", "--json")
     assert evaluation.exit_code == 0, evaluation.stderr
     assert json.loads(evaluation.stdout)["index"]["recall@10"] == 1.0
+    # the server answers through the index, the same as exact scoring, and reports the index's recall
+    from fastapi.testclient import TestClient
+
+    from bigrec_cli.serve import project_app
+
+    answers = {}
+    for mode in ("auto", "exact"):
+        with TestClient(project_app(ProjectDir(trained_copy), warm_users=0, index=mode)) as client:
+            answer = client.get("/recommend", params={"user": "u0007", "k": 20})
+            assert answer.status_code == 200, answer.text
+            answers[mode] = [item["item_id"] for item in answer.json()["items"]]
+            recall = [line for line in client.get("/metrics").text.splitlines() if line.startswith("bigrec_index")]
+            assert recall == (
+                ["bigrec_index_recall_at_10 1.0"] if mode == "auto" else ["bigrec_index_recall_at_10 NaN"]
+            )
+    assert answers["auto"] == answers["exact"] == recommended(trained_copy, "u0007")
     # a later extract adds an item: the index is extended when the run is loaded, and the item can be answered
     invoke("ingest-feedback", "--project-dir", str(trained_copy), str(SAMPLE / "feedback_demo.csv"))
     assert invoke("extract", "--project-dir", str(trained_copy)).exit_code == 0
