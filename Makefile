@@ -105,7 +105,14 @@ bench-latency: install
 bench-soak: install
 	$(BIN)/python bench/soak.py
 
-# Synthetic Zipf events at scale through preprocess (add extract,train with SCALE_STAGES); 100M: SCALE_EVENTS=100000000.
+# The approximate index over INDEX_ITEMS jittered copies of ML-100K's trained item vectors: build, recall@10, latency.
+INDEX_ITEMS ?= 1000000
+.PHONY: bench-index
+bench-index: install
+	$(BIN)/python bench/index.py --items $(INDEX_ITEMS)
+
+# Synthetic Zipf events at scale through preprocess (add extract,extract-2,train,train-2 with SCALE_STAGES: -2 runs
+# --workers 2); 100M: SCALE_EVENTS=100000000.
 SCALE_EVENTS ?= 10000000
 SCALE_STAGES ?= preprocess
 .PHONY: bench-scale
