@@ -19,7 +19,7 @@ import bigrec_cli
 from bigrec_cli.annindex import ItemIndex
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import ArtifactError, NotTrainedError
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.itemitem import ItemItem
 from bigrec_cli.project import (
     RUN_CONFIG,
@@ -267,7 +267,7 @@ def rollback(project: ProjectDir) -> dict:
 
 def status(project: ProjectDir) -> dict:
     """Return the current run, its metrics and age, and how much feedback it has not trained on."""
-    store = FeedbackStore(project.feedback_db)
+    store = open_store(project)
     result: dict = {
         "project_dir": str(project.root),
         "current_run": project.current_run_id(),

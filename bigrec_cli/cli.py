@@ -66,6 +66,21 @@ ProjectOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+StoreOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--store",
+        envvar="BIGREC_STORE",
+        metavar="URL",
+        show_default=False,
+        show_envvar=True,
+        help="Feedback store shared by many servers: postgresql://USER@HOST:PORT/DATABASE (password from "
+        "PGPASSWORD or ~/.pgpass). Default: the project's feedback.sqlite3.",
+    ),
+]
+# Options that never come from bigrec.toml: where the project is, how to print, and the store (its URL may carry
+# a password, and every command must use the same store: give it with --store or BIGREC_STORE).
+NOT_IN_TOML = ("project_dir", "as_json", "store")
 
 
 class InputFormat(str, Enum):
@@ -100,7 +115,7 @@ def configured(ctx: typer.Context, section: str, project_dir: Path) -> dict[str,
     from bigrec_cli.config import PROJECT_CONFIG, read_project_config
 
     table = read_project_config(project_dir).get(section, {})
-    params = {param.name: param for param in ctx.command.params if param.name not in ("project_dir", "as_json")}
+    params = {param.name: param for param in ctx.command.params if param.name not in NOT_IN_TOML}
     values = dict(ctx.params)
     for name, raw in table.items():
         if name not in params:
@@ -127,7 +142,7 @@ def option_sources(ctx: typer.Context, section: str, project_dir: Path) -> dict[
     names = {"COMMANDLINE": "flag", "ENVIRONMENT": "environment"}
     sources = {}
     for param in ctx.command.params:
-        if param.name in ("project_dir", "as_json") or param.name is None:
+        if param.name in NOT_IN_TOML or param.name is None:
             continue
         source = names.get(source_name(ctx, param.name), "default")
         sources[param.name] = "bigrec.toml" if source == "default" and param.name in table else source
@@ -238,6 +253,7 @@ def preprocess(
 def extract(
     ctx: typer.Context,
     project_dir: ProjectOption,
+    store: StoreOption = None,
     bert_dir: Annotated[
         Optional[Path], typer.Option(help="Folder with bert_config.json, bert_model.ckpt*, vocab.txt.")
     ] = None,
@@ -289,7 +305,7 @@ def extract(
                 "batch_size",
             )
         )
-        project = ProjectDir(project_dir)
+        project = ProjectDir(project_dir, store_url=store)
         project.require_data()
         checkpoint = resolve_checkpoint(
             bert_dir=bert_dir,
@@ -538,6 +554,7 @@ def evaluate(
 @app.command()
 def recommend(
     project_dir: ProjectOption,
+    store: StoreOption = None,
     user: Annotated[Optional[str], typer.Option(help="The user to recommend for.")] = None,
     users: Annotated[
         Optional[Path], typer.Option(help="File of user ids (CSV with user_id, or one per line; - = stdin).")
@@ -572,7 +589,7 @@ def recommend(
     with user_errors():
         if (user is None) == (users is None):
             raise BigrecError("give exactly one of --user and --users", hint="e.g. --user 42 or --users users.csv")
-        recommender = Recommender(ProjectDir(project_dir), index=index.value)
+        recommender = Recommender(ProjectDir(project_dir, store_url=store), index=index.value)
         user_ids = [user] if user is not None else read_user_ids(users)
         answers = recommender.recommend_many(
             user_ids,
@@ -609,6 +626,7 @@ def ingest_feedback(
             "event_id, title, text]; - reads stdin."
         ),
     ],
+    store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Append new events to the feedback store; the next `recommend` reflects them. Exit 2 if rows were rejected."""
@@ -616,7 +634,7 @@ def ingest_feedback(
     from bigrec_cli.feedback import ingest, read_rows
 
     with user_errors():
-        project = ProjectDir(project_dir)
+        project = ProjectDir(project_dir, store_url=store)
         project.require_data()
         source = "<stdin>" if file == "-" else file
         rows = read_rows(io.StringIO(read_text(file, " of feedback (CSV or JSON lines)")), source)
@@ -637,6 +655,7 @@ def ingest_feedback(
 def serve(
     ctx: typer.Context,
     project_dir: ProjectOption,
+    store: StoreOption = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     token: Annotated[
@@ -688,7 +707,7 @@ def serve(
                 "index",
             )
         )
-        project = ProjectDir(project_dir)
+        project = ProjectDir(project_dir, store_url=store)
         if token is not None and not token.strip():
             raise BigrecError(
                 "--token is empty, which would turn authentication off", hint="give a real token, or omit --token"
@@ -715,6 +734,7 @@ def serve(
 def retrain(
     ctx: typer.Context,
     project_dir: ProjectOption,
+    store: StoreOption = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum epochs (default: the current run's).")] = None,
     tolerance: Annotated[
         float, typer.Option(min=0.0, help="Promote if validation NDCG@10 ≥ current − tolerance.")
@@ -742,7 +762,7 @@ def retrain(
         )
         with epoch_progress(enabled=not as_json) as on_step:
             result = retrain.retrain(
-                ProjectDir(project_dir),
+                ProjectDir(project_dir, store_url=store),
                 epochs=epochs,
                 tolerance=tolerance,
                 seed=seed,
@@ -847,13 +867,14 @@ def tune(
 def forget_user(
     user: Annotated[str, typer.Argument(help="The user id whose behaviour to remove.")],
     project_dir: ProjectOption,
+    store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Remove a user's events from the data, the feedback store and the rejects log (idempotent, logged)."""
     from bigrec_cli import forget
 
     with user_errors():
-        summary = forget.forget_user(ProjectDir(project_dir), user)
+        summary = forget.forget_user(ProjectDir(project_dir, store_url=store), user)
     if as_json:
         print_json(summary.__dict__)
     else:
@@ -862,12 +883,12 @@ def forget_user(
 
 
 @app.command()
-def status(project_dir: ProjectOption, as_json: JsonOption = False) -> None:
+def status(project_dir: ProjectOption, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """The current run, its metrics and age, and the feedback it has not trained on yet."""
     from bigrec_cli import artifacts
 
     with user_errors():
-        project = ProjectDir(project_dir)
+        project = ProjectDir(project_dir, store_url=store)
         report = artifacts.status(project)
         from bigrec_cli.config import read_project_config
 

@@ -14,7 +14,7 @@ from bigrec_cli.backend import Tokenizer, build_transformer_model, tf
 from bigrec_cli.checkpoints import BertCheckpoint
 from bigrec_cli.data import load_items
 from bigrec_cli.errors import ConfigError
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.project import ProjectDir, atomic_write_json
 from bigrec_cli.vectors import load_arrays, save_arrays, save_item_vectors
 
@@ -133,7 +133,7 @@ class ExtractSummary:
 def catalog_texts(project: ProjectDir) -> pd.DataFrame:
     """Return every item that needs a vector: the preprocessed catalog, then new items named by feedback."""
     items = load_items(project)[["item_id", "title", "text"]]
-    store = FeedbackStore(project.feedback_db)
+    store = open_store(project)
     if store.exists():
         extra = store.new_items(exclude=set(items["item_id"]))
         if len(extra):

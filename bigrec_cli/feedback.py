@@ -1,6 +1,8 @@
 """The feedback store: new events in SQLite (WAL mode), validated row by row, idempotent by event id.
 
 `ingest(project, rows)` is the one way in: the CLI and the server only decode their input into `Row`s.
+`open_store(project)` opens the project's store: this SQLite file by default, or a PostgreSQL database shared by
+many servers (`--store postgresql://…`, `bigrec_cli.pgstore`) with the same tables, SQL and guarantees.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from bigrec_cli.data import EventPolicy, catalog_item_ids, event_policy
-from bigrec_cli.errors import ArtifactError, DataError, StoreBusyError
+from bigrec_cli.errors import ArtifactError, ConfigError, DataError, StoreBusyError
 from bigrec_cli.events import frame_from_objects, validate_events
 from bigrec_cli.project import ProjectDir
 
+STORE_ENV = "BIGREC_STORE"  # the store's URL when `--store` is not given: every command and server worker reads it
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # Page cache of each thread's read connection (SQLite's default is 2 MiB). A server keeps one per worker thread (up
 # to 40) and each request reads one user's rows through an index, so a small cache bounds memory at no cost.
 READER_CACHE_KIB = 256
@@ -58,6 +62,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         UPDATE events SET event_id = user_id || char(31) || event_id WHERE event_id NOT LIKE 'h:%'
         """,
     ),
+)
+
+
+# The statements both back-ends run, in SQLite's dialect; PostgreSQL's store changes only the placeholders (its tables
+# name their BIGSERIAL key `rowid`, so "the order events were stored in" reads the same in both).
+ADD_ITEM = "INSERT INTO items (item_id, title, text, ingested_at) VALUES (?, ?, ?, ?)"
+ADD_EVENT = (
+    "INSERT INTO events (event_id, user_id, item_id, timestamp, event, weight, source, ingested_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
 
@@ -241,7 +254,7 @@ def ingest(
         busy_timeout: Seconds to wait for another writer before raising StoreBusyError.
     """
     project.require_data()
-    store = FeedbackStore(project.feedback_db, busy_timeout=busy_timeout)
+    store = open_store(project, busy_timeout=busy_timeout)
     return store.ingest_rows(
         list(rows),
         source=source,
@@ -250,6 +263,36 @@ def ingest(
         all_or_nothing=all_or_nothing,
         policy=event_policy(project),
     )
+
+
+def store_url(project: ProjectDir) -> str | None:
+    """The PostgreSQL URL of the project's store (`--store`, else `BIGREC_STORE`), or None for its SQLite file."""
+    url = (project.store_url or os.environ.get(STORE_ENV, "")).strip()
+    if url in ("", "sqlite"):
+        return None
+    if not url.startswith(POSTGRES_SCHEMES):
+        shown = url.split("://", 1)[0] + "://…" if "://" in url else url[:40]
+        raise ConfigError(
+            f"--store {shown!r} is not a store bigrec knows",
+            hint="give postgresql://USER@HOST:PORT/DATABASE, or leave --store and BIGREC_STORE unset for the "
+            "project's feedback.sqlite3",
+        )
+    return url
+
+
+def open_store(project: ProjectDir, busy_timeout: float = 60.0) -> "FeedbackStore":
+    """The project's feedback store: its `feedback.sqlite3`, or the PostgreSQL database `store_url` names.
+
+    Args:
+        project: The project (its `store_url`, or the environment's `BIGREC_STORE`, chooses the back-end).
+        busy_timeout: Seconds a write waits for another writer before raising StoreBusyError.
+    """
+    url = store_url(project)
+    if url is None:
+        return FeedbackStore(project.feedback_db, busy_timeout=busy_timeout)
+    from bigrec_cli.pgstore import PostgresStore  # psycopg is loaded only by projects that use it
+
+    return PostgresStore(url, busy_timeout=busy_timeout)
 
 
 def nobody_writes(path: Path) -> bool:
@@ -340,18 +383,24 @@ class FeedbackStore:
         """Apply the migrations not yet recorded in `_migrations`, in order."""
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-            done = {name for (name,) in connection.execute("SELECT name FROM _migrations")}
-            for name, script in MIGRATIONS:
-                if name in done:
-                    continue
-                for statement in filter(str.strip, script.split(";")):
-                    connection.execute(statement)
-                connection.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+            self.apply_migrations(connection, MIGRATIONS)
             connection.execute("COMMIT")
         except BaseException:
             rollback_quietly(connection)
             raise
+
+    def apply_migrations(self, connection: Any, migrations: tuple[tuple[str, str], ...]) -> None:
+        """Run the migrations not yet recorded in `_migrations`, in order, inside the caller's transaction."""
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
+        )
+        done = {name for (name,) in connection.execute("SELECT name FROM _migrations")}
+        for name, script in migrations:
+            if name in done:
+                continue
+            for statement in filter(str.strip, script.split(";")):
+                connection.execute(statement)
+            connection.execute(self.sql("INSERT INTO _migrations VALUES (?, ?)"), (name, time.time()))
 
     def ingest_rows(
         self,
@@ -381,6 +430,27 @@ class FeedbackStore:
             summary.rejects_path = str(rejects_path)
         return summary
 
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """Yield a connection inside a write transaction, the only writer until it ends; commit when the block
+        succeeds, roll back when it raises."""
+        connection = self.connect()
+        try:
+            self.migrate(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                rollback_quietly(connection)  # SQLite may have rolled back already (disk full): keep the real error
+                raise
+        finally:
+            connection.close()
+
+    def sql(self, statement: str) -> str:
+        """A statement written in SQLite's dialect, in this store's."""
+        return statement
+
     def _write(
         self,
         parsed: list[tuple[Row, ParsedEvent]],
@@ -390,11 +460,8 @@ class FeedbackStore:
         now: float,
         all_or_nothing: bool,
     ) -> None:
-        connection = self.connect()
         try:
-            self.migrate(connection)
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with self.transaction() as connection:
                 stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
                 for row, event in parsed:
                     is_new_item = event.item_id not in known_items and event.item_id not in stored_items
@@ -406,37 +473,18 @@ class FeedbackStore:
                         continue
                     if is_new_item:
                         connection.execute(
-                            "INSERT INTO items VALUES (?, ?, ?, ?)",
-                            (event.item_id, event.title or event.text, event.text, now),
+                            self.sql(ADD_ITEM), (event.item_id, event.title or event.text, event.text, now)
                         )
                         stored_items.add(event.item_id)
                         summary.num_new_items += 1
-                    cursor = connection.execute(
-                        "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            event.event_id,
-                            event.user_id,
-                            event.item_id,
-                            event.timestamp,
-                            event.event,
-                            event.weight,
-                            source,
-                            now,
-                        ),
-                    )
-                    if cursor.rowcount:
+                    values = (event.event_id, event.user_id, event.item_id, event.timestamp, event.event)
+                    cursor = connection.execute(self.sql(ADD_EVENT), (*values, event.weight, source, now))
+                    if cursor.rowcount > 0:
                         summary.num_accepted += 1
                     else:
                         summary.num_duplicates += 1
-                connection.execute("COMMIT")
-            except _Abort:
-                connection.execute("ROLLBACK")
-                summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
-            except BaseException:
-                rollback_quietly(connection)  # SQLite may have rolled back already (disk full): keep the real error
-                raise
-        finally:
-            connection.close()
+        except _Abort:
+            summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
 
     def _read(self, query: str, parameters: tuple = ()) -> list[tuple]:
         if not self.exists():
@@ -485,13 +533,8 @@ class FeedbackStore:
         """Delete every feedback event of one user; return how many."""
         if not self.exists():
             return 0
-        with self.errors():
-            connection = self.connect()
-            try:
-                self.migrate(connection)
-                return connection.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
-            finally:
-                connection.close()
+        with self.errors(), self.transaction() as connection:
+            return connection.execute(self.sql("DELETE FROM events WHERE user_id = ?"), (user_id,)).rowcount
 
     def check(self) -> None:
         """Raise ArtifactError when the store exists but cannot be read (damaged, unreadable)."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_files, load_items, write_parquet
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.lake import SHARD_NAME, ShardTotals, fingerprint
 from bigrec_cli.project import (
     DATA_META_FILE,
@@ -74,7 +74,7 @@ def forget_user(project: ProjectDir, user_id: str) -> ForgetSummary:
             )
             write_parquet(items, folder / ITEMS_FILE)
             atomic_write_json(folder / DATA_META_FILE, meta)
-    feedback_events = FeedbackStore(project.feedback_db).delete_user(user_id)
+    feedback_events = open_store(project).delete_user(user_id)
     rejected = forget_rejections(project, user_id)
     summary = ForgetSummary(
         user_sha256=hashlib.sha256(user_id.encode("utf-8")).hexdigest(),

@@ -10,7 +10,7 @@ import secrets
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -191,16 +191,19 @@ class ProjectDir:
     Args:
         root: The directory given by `--project-dir` or `BIGREC_PROJECT_DIR`.
         data_version: A data version to read whatever `data/CURRENT` says later (see `pinned`).
+        store_url: The feedback store's PostgreSQL URL (`--store`); None: `BIGREC_STORE`, else `feedback.sqlite3`.
+            Never written into the project, and left out of the repr: it may carry a password.
     """
 
     root: Path
     data_version: str | None = None
+    store_url: str | None = field(default=None, repr=False)
 
     def pinned(self) -> "ProjectDir":
         """This project with its data version fixed to the one in use now: an operation that reads data.json,
         the events and the items one after the other never mixes two versions while `preprocess` runs."""
         version = self.data_dir.name if (self.root / DATA_DIR / DATA_CURRENT_FILE).exists() else None
-        return ProjectDir(self.root, version)
+        return ProjectDir(self.root, version, self.store_url)
 
     @property
     def data_dir(self) -> Path:

@@ -16,7 +16,7 @@ from bigrec_cli.artifacts import live_scorer, load_run
 from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError, NotTrainedError
 from bigrec_cli.events import token_items
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.project import RUN_INDEX, ProjectDir
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer
@@ -175,7 +175,7 @@ class Recommender:
         self.scorer = live_scorer(project, self.run)
         self.index = self._load_index(index)
         self.max_len = self.run.config.max_len
-        self.store = FeedbackStore(project.feedback_db)
+        self.store = open_store(project)
         self._state_cache: dict[bytes, np.ndarray] = {}
         items = pd.read_parquet(project.items_path)
         self.catalog_items = set(items["item_id"])

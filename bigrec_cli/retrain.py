@@ -14,7 +14,7 @@ from bigrec_cli.artifacts import Run, live_scorer, load_run
 from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.config import TrainConfig, read_project_config
 from bigrec_cli.data import SPLIT_TEST, SPLIT_VALID, event_policy, fold_feedback, load_events
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.project import ProjectDir, append_json_line, read_json
 from bigrec_cli.protocol import holdout_cases, indexed_events, scorer_report
 
@@ -67,7 +67,7 @@ def nothing_new(project: ProjectDir, run: Run, overrides: dict) -> str | None:
     data = read_json(project.data_meta_path)
     if run.manifest.get("data_fingerprint") != data.get("fingerprint"):
         return None
-    if FeedbackStore(project.feedback_db).max_rowid() > int(run.manifest.get("feedback_rowid", 0)):
+    if open_store(project).max_rowid() > int(run.manifest.get("feedback_rowid", 0)):
         return None
     if read_json(project.features_meta_path).get("num_items") != len(run.item_ids):
         return None
@@ -152,7 +152,7 @@ def retrain(
         say("evaluating candidate and current run on the same split")
         clock = time.perf_counter()
         rowid = int(load_run(result.run_dir).manifest["feedback_rowid"])
-        feedback = FeedbackStore(project.feedback_db).events_frame(up_to_rowid=rowid)
+        feedback = open_store(project).events_frame(up_to_rowid=rowid)
         events = fold_feedback(load_events(project), feedback, event_policy(project))
         candidate = holdout_reports(project, result.run_dir, events)
         incumbent = holdout_reports(project, current_dir, events) if current_dir else None

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 import bigrec_cli
 from bigrec_cli.errors import CannotListenError, ConfigError, StoreBusyError
-from bigrec_cli.feedback import FeedbackStore, IngestSummary, Row, ingest, rows_from_objects
+from bigrec_cli.feedback import IngestSummary, Row, ingest, open_store, rows_from_objects
 from bigrec_cli.project import ProjectDir
 from bigrec_cli.recommend import MAX_K, WARM_USERS, Recommender
 from bigrec_cli.telemetry import MULTIPROCESS_DIR, AccessLog, Telemetry
@@ -524,7 +524,7 @@ def project_app(
     def store(rows: list[Row]) -> IngestSummary:
         return ingest(project, rows, source="http", all_or_nothing=True, busy_timeout=HTTP_BUSY_TIMEOUT)
 
-    feedback_store = FeedbackStore(project.feedback_db)
+    feedback_store = open_store(project)
     return create_app(
         load=load,
         generation=project_generation(project),
@@ -643,6 +643,8 @@ def run(
     os.environ["BIGREC_ALLOWED_ORIGINS"] = ",".join(sorted(origins))
     os.environ["BIGREC_ACCESS_LOG"] = access_log or ""
     os.environ["BIGREC_INDEX"] = index
+    if project.store_url:
+        os.environ["BIGREC_STORE"] = project.store_url  # the workers open the same feedback store
     metrics_dir = tempfile.mkdtemp(prefix="bigrec-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir  # the workers are spawned: they import prometheus_client after this
     try:

@@ -22,7 +22,7 @@ from bigrec_cli.config import TrainConfig, parse_pairs
 from bigrec_cli.data import event_policy
 from bigrec_cli.errors import DataError, WorkerLostError
 from bigrec_cli.events import token_items
-from bigrec_cli.feedback import FeedbackStore
+from bigrec_cli.feedback import open_store
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_item_item
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
@@ -360,7 +360,7 @@ def train(
     project.require_room(3 * project.item_vectors_path.stat().st_size + RUN_ROOM_BYTES)
     features_meta = read_json(project.features_meta_path)
     item_ids, text_vectors = load_item_vectors(project.item_vectors_path)
-    store = FeedbackStore(project.feedback_db)
+    store = open_store(project)
     feedback_rowid = store.max_rowid() if include_feedback else 0
     policy = event_policy(project)
     data = read_training_data(
