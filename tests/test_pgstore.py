@@ -201,6 +201,17 @@ def test_store_errors_are_one_line_with_the_fix_and_no_password(postgres, prepro
     assert not (preprocessed / "feedback.sqlite3").exists()
 
 
+def test_a_server_that_is_down_is_busy_for_http_and_degraded_for_health(preprocessed):
+    from bigrec_cli.errors import StoreBusyError
+    from bigrec_cli.feedback import ingest
+
+    project = ProjectDir(preprocessed, store_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(StoreBusyError, match="cannot connect"):  # POST /feedback answers 503 with Retry-After
+        ingest(project, rows_from_objects([event("u1", "i0001", 1)]), source="http", all_or_nothing=True)
+    with pytest.raises(StoreBusyError):  # /health answers "degraded"
+        open_store(project).check()
+
+
 def test_the_store_url_never_shows_its_password(postgres):
     project = ProjectDir(Path("/nowhere"), store_url=postgres.url("postgres"))
     assert postgres.password not in repr(project)
