@@ -290,18 +290,19 @@ def answers(url: str) -> bool:
 
 @pytest.mark.slow
 def test_two_servers_share_one_postgresql(trained_copy, pg_url, tmp_path):
-    """An event posted to one server changes the next answer of the other."""
+    """An event posted to one server changes the next answer of the other (which runs 2 workers: they get the
+    store from the server's --store)."""
     ports = [free_port(), free_port()]
     env = {key: value for key, value in os.environ.items() if key != "BIGREC_STORE"}
     servers = [
         subprocess.Popen(
             [sys.executable, "-m", "bigrec_cli", "serve", "--project-dir", str(trained_copy)]
-            + ["--port", str(port), "--store", pg_url, "--warm-users", "0"],
+            + ["--port", str(port), "--store", pg_url, "--warm-users", "0", "--workers", str(workers)],
             cwd=REPO,
             env=env,
             stderr=open(tmp_path / f"server{port}.log", "w"),
         )
-        for port in ports
+        for port, workers in zip(ports, (1, 2))
     ]
     first, second = (f"http://127.0.0.1:{port}" for port in ports)
     try:
