@@ -5,8 +5,7 @@ the bias is folded in as one more dimension, x_j = [v_j, b_j] against q = [u, 1]
 largest inner products poorly when the items' norms differ (long vectors crowd out the rest), so the graph is built
 over the reduction to nearest neighbours of Bachrach et al. (2014): each item gets one more coordinate,
 sqrt(R² − |x_j|²) with R the largest norm, so every item has norm R, the query gets 0 there, and
-|q − x_j|² = |q|² + R² − 2 q · x_j: the nearest items in L2 are those with the largest logits (on 30,000
-jittered real items, recall@10 rose from 0.975 with faiss' inner-product graph to 0.999: bench/index.py).
+|q − x_j|² = |q|² + R² − 2 q · x_j: the nearest items in L2 are those with the largest logits.
 
 Below `INDEX_MIN_ITEMS` items one matrix product over the catalog takes a few milliseconds and stays exact; above
 it, the index proposes candidates, which the scorer then scores exactly (the item-to-item term and the rules
@@ -26,8 +25,10 @@ from bigrec_cli.errors import ArtifactError, BigrecError
 
 INDEX_MIN_ITEMS = 50_000  # beyond this, one brute-force query costs more than ~10 ms on 2 cores (#15's figures)
 HNSW_NEIGHBOURS = 32  # M: graph degree
-EF_CONSTRUCTION = 40  # faiss' default: build time grows with it
-EF_SEARCH = 128  # recall@10 0.990 at 0.26 ms on 1M × 128 clustered vectors (#15's figures)
+# On 30,000 jittered real item vectors (bench/index.py), recall@10 of the answers at efConstruction 40 / 200 was
+# 0.959 / 0.978 with efSearch 128, 0.981 / 0.994 with 256, for 3.3 times the build time: 128 and 256 between them.
+EF_CONSTRUCTION = 128
+EF_SEARCH = 256
 OVERFETCH = 50  # candidates beyond k + the user's excluded items, so that exclusions and re-scoring rarely starve
 
 
@@ -54,7 +55,8 @@ def _rows(vectors: np.ndarray, bias: np.ndarray, radius: float | None = None) ->
     squared = (points**2).sum(axis=1)
     if radius is None:
         radius = float(np.sqrt(squared.max())) if len(squared) else 1.0
-    # an item added later that is longer than every indexed one gets 0: ranked as if it were radius long
+    # An item added later that is longer than R gets 0 here, which understates its logit by (|x|² − R²) / 2:
+    # the recommender therefore proposes the items added since the build to every user itself.
     extra = np.sqrt(np.maximum(radius**2 - squared, 0.0))
     return np.ascontiguousarray(np.concatenate([points, extra[:, None]], axis=1), dtype="float32"), radius
 
@@ -64,7 +66,6 @@ class ItemIndex:
 
     def __init__(self, index) -> None:
         self.index = index
-        self.index.hnsw.efSearch = EF_SEARCH
 
     @classmethod
     def build(cls, vectors: np.ndarray, bias: np.ndarray) -> "ItemIndex":
@@ -103,11 +104,21 @@ class ItemIndex:
         if len(vectors):
             self.index.add(_rows(vectors, bias, self.radius)[0])
 
-    def candidates(self, states: np.ndarray, count: int) -> np.ndarray:
-        """(users, count) item columns (index − 1) with the highest approximate logits; −1 where the graph ran
-        out."""
+    def candidates(self, states: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+        """Each user's `counts[row]` item columns (index − 1) with the highest approximate logits.
+
+        A user's answer depends on that user alone: users are searched in groups of equal count, each with
+        efSearch = max(EF_SEARCH, count), passed per search (the index itself is shared by the server's threads).
+        """
+        faiss = _faiss()
         queries = np.concatenate([states, np.ones((len(states), 1)), np.zeros((len(states), 1))], axis=1)
-        count = max(1, min(count, self.num_items))
-        self.index.hnsw.efSearch = max(EF_SEARCH, count)
-        _, columns = self.index.search(np.ascontiguousarray(queries, dtype="float32"), count)
-        return columns
+        queries = np.ascontiguousarray(queries, dtype="float32")
+        counts = np.clip(np.asarray(counts, dtype="int64"), 1, max(self.num_items, 1))
+        found: list[np.ndarray] = [np.zeros(0, dtype="int64")] * len(states)
+        for count in np.unique(counts):
+            rows = np.flatnonzero(counts == count)
+            params = faiss.SearchParametersHNSW(efSearch=int(max(EF_SEARCH, count)))
+            _, columns = self.index.search(queries[rows], int(count), params=params)
+            for row, answer in zip(rows, columns):
+                found[row] = answer[answer >= 0]
+        return found

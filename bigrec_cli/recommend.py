@@ -93,21 +93,27 @@ def index_top_k(
     blocked: list[np.ndarray],
     k: int,
     allowed: np.ndarray | None = None,
+    always: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Each user's top k (item columns, exact logits) among the index's candidates.
 
-    The index proposes k + the user's blocked items + OVERFETCH items by its inner product; with an item-to-item
-    term, the items it scores highest join them. Every candidate is then scored exactly, exactly as without an
-    index, so the answer differs from the exact one only where the best items were never proposed. None for a user
-    whose filters left fewer than k candidates: the caller ranks that user exactly.
+    The index proposes k + the user's blocked items + OVERFETCH items by its inner product; `always` (the items
+    added after the index was built) and, with an item-to-item term, the items it scores highest join them. Every
+    candidate is then scored exactly, exactly as without an index, so the answer differs from the exact one only
+    where the best items were never proposed; a user's answer never depends on the other users of the batch. None
+    for a user whose filters left fewer than k candidates: the caller ranks that user exactly.
     """
-    count = k + max((len(columns) for columns in blocked), default=0) + OVERFETCH
-    proposed = index.candidates(states, count)
+    blocked = [np.unique(columns) for columns in blocked]
+    counts = np.array([k + len(columns) + OVERFETCH for columns in blocked], dtype="int64")
+    proposed = index.candidates(states, counts)
     term = scorer.item_item.scores(sequences) if scorer.item_item is not None else None
     answers: list[tuple[np.ndarray, np.ndarray] | None] = []
     for row in range(len(states)):
-        columns = proposed[row][proposed[row] >= 0]
+        columns = proposed[row]
+        if always is not None and len(always):
+            columns = np.union1d(columns, always)
         if term is not None:
+            count = int(counts[row])
             strongest = np.argpartition(-term[row], min(count, term.shape[1] - 1))[:count]
             columns = np.union1d(columns, strongest[term[row, strongest] > 0])
         logits = states[row] @ scorer.output_vectors[columns + 1].T + scorer.output_bias[columns + 1]
@@ -126,18 +132,33 @@ def index_top_k(
 
 
 def index_recall(
-    scorer: Scorer, index: ItemIndex, states: np.ndarray, sequences: np.ndarray, blocked: list[np.ndarray], k: int = 10
+    scorer: Scorer,
+    index: ItemIndex,
+    states: np.ndarray,
+    sequences: np.ndarray,
+    blocked: list[np.ndarray],
+    k: int = 10,
+    chunk_cells: int = 2**25,
 ) -> float:
-    """Recall@k of the index's answers against exact ranking: the share of the exact top k it returns."""
+    """Recall@k of the index's answers against exact ranking: the share of the exact top k (of the items a user may
+    get) that it returns. Users are ranked exactly in chunks of about `chunk_cells` logits, never all at once."""
     if not len(states):
         return float("nan")
-    exact = scorer.logits_from_states(states, sequences)
-    for row, columns in enumerate(blocked):
-        exact[row, columns] = -np.inf
-    top = np.argpartition(-exact, min(k, exact.shape[1] - 1), axis=1)[:, :k]
-    found = index_top_k(scorer, index, states, sequences, blocked, k)
-    hits = [len(np.intersect1d(answer[0], top[row])) if answer is not None else k for row, answer in enumerate(found)]
-    return float(np.sum(hits) / (k * len(states)))
+    hits, wanted = 0, 0
+    step = max(1, chunk_cells // max(scorer.num_items, 1))
+    for start in range(0, len(states), step):
+        stop = min(start + step, len(states))
+        exact = scorer.logits_from_states(states[start:stop], sequences[start:stop])
+        for row, columns in enumerate(blocked[start:stop]):
+            exact[row, columns] = -np.inf
+        keep = min(k, exact.shape[1] - 1)
+        top = np.argpartition(-exact, keep, axis=1)[:, :k]
+        found = index_top_k(scorer, index, states[start:stop], sequences[start:stop], blocked[start:stop], k)
+        for row, answer in enumerate(found):
+            best = top[row][np.isfinite(exact[row, top[row]])]
+            wanted += len(best)
+            hits += len(best) if answer is None else len(np.intersect1d(answer[0], best))
+    return float(hits / wanted) if wanted else float("nan")
 
 
 def sampled_recall(
@@ -173,6 +194,7 @@ class Recommender:
         project = self.project = project.pinned()
         self.run = load_run(run_dir or project.current_run_dir())
         self.scorer = live_scorer(project, self.run)
+        self.added_columns = np.zeros(0, dtype="int64")
         self.index = self._load_index(index)
         self.max_len = self.run.config.max_len
         self.store = open_store(project)
@@ -215,6 +237,8 @@ class Recommender:
             raise NotTrainedError(f"{path} indexes more items than the run has", hint="train again")
         added = slice(index.num_items + 1, self.scorer.num_items + 1)
         index.extend(self.scorer.output_vectors[added], self.scorer.output_bias[added])
+        # Items a later extract added: proposed to every user as well (few, and the index may understate them).
+        self.added_columns = np.arange(len(self.run.item_ids), self.scorer.num_items)
         return index
 
     @property
@@ -357,7 +381,14 @@ class Recommender:
                 exact = rows
                 if self.index is not None:
                     found = index_top_k(
-                        self.scorer, self.index, block_states, block_sequences, self._columns(blocked, rows), k, allowed
+                        self.scorer,
+                        self.index,
+                        block_states,
+                        block_sequences,
+                        self._columns(blocked, rows),
+                        k,
+                        allowed,
+                        always=self.added_columns,
                     )
                     for row, answer in zip(rows, found):
                         if answer is not None:

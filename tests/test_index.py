@@ -23,9 +23,12 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
     index = ItemIndex.build(vectors, bias)
     users = rng.normal(size=(200, 16)).astype("float32")
     exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
-    found = index.candidates(users, 10)
+    found = index.candidates(users, np.full(len(users), 10))
     recall = np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))])
     assert recall >= 0.95
+    # a user's candidates never depend on the other users searched with it (a deeper search for one is its own)
+    deeper = index.candidates(users, np.r_[np.full(len(users) - 1, 10), 3_000])
+    assert all(np.array_equal(deeper[row], found[row]) for row in range(len(users) - 1))
     # the bias counts: without it the answers differ
     plain = np.argsort(-(users @ vectors.T), axis=1)[:, :10]
     assert np.mean([len(np.intersect1d(plain[row], exact[row])) / 10 for row in range(len(users))]) < 0.9
@@ -34,13 +37,14 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
     index.save(path)
     again = ItemIndex.load(path)
     assert again.num_items == 20_000
-    np.testing.assert_array_equal(again.candidates(users[:5], 10), index.candidates(users[:5], 10))
+    for mine, theirs in zip(again.candidates(users[:5], np.full(5, 10)), index.candidates(users[:5], np.full(5, 10))):
+        np.testing.assert_array_equal(mine, theirs)
     # a new item along user 0's query [u, 1], as long as the longest indexed item: the best logit there can be
     query = np.append(users[0], 1.0)
     point = 0.999 * again.radius * query / np.linalg.norm(query)
     assert point @ query > (vectors @ users[0] + bias).max()
     again.extend(point[None, :16].astype("float32"), point[16:].astype("float32"))
-    assert again.num_items == 20_001 and again.candidates(users[:1], 1)[0, 0] == 20_000
+    assert again.num_items == 20_001 and again.candidates(users[:1], np.ones(1))[0][0] == 20_000
     path.write_bytes(b"not an index")
     with pytest.raises(ArtifactError, match="not a faiss index"):
         ItemIndex.load(path)
