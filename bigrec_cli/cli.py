@@ -460,9 +460,10 @@ def train(
 ) -> None:
     """Train BERT vectors → LSTM → sigmoid on the train split; promote the run when it completes."""
     with user_errors():
+        options_all = configured(ctx, "train", project_dir)  # flags, environment, then bigrec.toml's [train]
         options = {
             name: value
-            for name, value in configured(ctx, "train", project_dir).items()
+            for name, value in options_all.items()
             if name not in ("project_dir", "as_json", "workers", "ray_address")
         }
         config = TrainConfig(
@@ -473,6 +474,7 @@ def train(
         from bigrec_cli.cluster import cluster_from_env
 
         cluster = cluster_from_env()
+        workers, ray_address = options_all["workers"], options_all["ray_address"]
         if cluster.distributed and workers not in (1, cluster.num_workers):
             raise BigrecError(
                 f"--workers {workers} but TF_CONFIG names {cluster.num_workers} workers",

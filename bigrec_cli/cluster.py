@@ -48,10 +48,17 @@ def cluster_from_env(environ: dict[str, str] | None = None) -> Cluster:
     )
     try:
         spec = json.loads(text)
-        tasks = spec["cluster"]
-        task_type, index = str(spec["task"]["type"]), int(spec["task"]["index"])
+        tasks, task = spec["cluster"], spec["task"]
+        task_type, index = task["type"], task["index"]
+        if not isinstance(tasks, dict) or not all(
+            isinstance(addresses, list) and all(isinstance(address, str) for address in addresses)
+            for addresses in tasks.values()
+        ):
+            raise TypeError("cluster must map each task type to a list of host:port strings")
+        if not isinstance(task_type, str) or isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError("task must name a type (a string) and an index (an integer)")
         sizes = {name: len(addresses) for name, addresses in tasks.items()}
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DataError(f"TF_CONFIG cannot be read ({error.__class__.__name__}: {error})", hint=hint) from None
     if task_type not in ("chief", "worker"):
         raise DataError(

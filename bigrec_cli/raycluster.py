@@ -23,7 +23,7 @@ import numpy as np
 
 from bigrec_cli.checkpoints import BertCheckpoint
 from bigrec_cli.config import TrainConfig
-from bigrec_cli.errors import BigrecError, DataError
+from bigrec_cli.errors import BigrecError, ConfigError, DataError
 from bigrec_cli.features import Encode, ProgressCallback
 from bigrec_cli.project import ProjectDir, atomic_write_json, read_json
 from bigrec_cli.train import TrainResult
@@ -99,6 +99,8 @@ def train_on_ray(project: ProjectDir, config: TrainConfig, workers: int, address
 
     A worker that fails fails the whole run (no retries): nothing is promoted and `current` stays as it was.
     """
+    if config.fine_tune_bert:
+        raise ConfigError("--fine-tune-bert trains on one worker only", hint="leave out --workers or --fine-tune-bert")
     ray = _ray()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -158,8 +160,8 @@ def _cause(error: BaseException) -> str:
 
 def _failed(error: BaseException) -> BigrecError:
     return BigrecError(
-        f"training on Ray failed, nothing was promoted ({_cause(error)})",
-        hint="see the workers' log above; `bigrec status` shows the run still in use",
+        f"training on Ray failed ({_cause(error)})",
+        hint="see the workers' log above; `bigrec status` shows the run in use (a run is promoted only when complete)",
     )
 
 
@@ -189,7 +191,10 @@ def ray_encoder(
     On a cluster the checkpoint's files must be at the same path on every node (a shared file system).
     """
     _ray()
-    fields = {name: str(value) for name, value in checkpoint.__dict__.items()}
+    # absolute paths: the actors may run in another working directory, or on another node
+    fields = {
+        name: str(Path(value).resolve()) if name != "name" else value for name, value in checkpoint.__dict__.items()
+    }
 
     def encode(texts: list[str], on_progress: ProgressCallback | None) -> np.ndarray:
         import ray.data

@@ -20,7 +20,7 @@ from bigrec_cli.cluster import Cluster, cluster_from_env
 from bigrec_cli.coldstart import boost_cold_items, choose_cold_boost
 from bigrec_cli.config import TrainConfig, parse_pairs
 from bigrec_cli.data import event_policy
-from bigrec_cli.errors import DataError, WorkerLostError
+from bigrec_cli.errors import ConfigError, DataError, WorkerLostError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import open_store
 from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_item_item
@@ -131,7 +131,29 @@ def worker_strategy(cluster: Cluster):
     """
     if not cluster.distributed:
         return None
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (tf.errors.OpError, ValueError, RuntimeError) as error:
+        raise DataError(
+            f"{cluster.describe()}: cannot join the TF_CONFIG cluster ({str(error).strip().splitlines()[0][:200]})",
+            hint="check each task's host:port in TF_CONFIG (reachable, and this task's port free on its host)",
+        ) from None
+
+
+def chief_value(strategy, value: float, is_chief: bool) -> float:
+    """The chief's `value` on every worker (an all-reduce of the chief's value and the others' zeros).
+
+    Each worker scores validation itself; if their floating-point results differed in the last bits (other BLAS
+    threads on other hosts), one could stop while another waits at the next step. Deciding on the chief's score
+    keeps every worker's early stopping, best epoch and weights in step.
+    """
+
+    def share() -> "tf.Tensor":
+        mine = tf.constant(value if is_chief else 0.0, tf.float32)  # made on the replica's device, not passed in
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, mine)
+
+    shared = strategy.run(tf.function(share))  # a new function per call: `value` is part of it
+    return float(strategy.experimental_local_results(shared)[0].numpy())
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -205,9 +227,11 @@ class EarlyStopping(keras.callbacks.Callback):
         average: WeightAverage | None = None,
         exclude_history: bool = True,
         event_types: list[str] | None = None,
+        agree: Callable[[float], float] | None = None,
     ) -> None:
         super().__init__()
         self.cases, self.item_ids, self.config, self.on_epoch = cases, item_ids, config, on_epoch
+        self.agree = agree  # with several workers: the chief's score, which every worker then decides on
         self.event_types = event_types
         self.average, self.exclude_history = average, exclude_history
         self.best_score, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
@@ -239,8 +263,9 @@ class EarlyStopping(keras.callbacks.Callback):
         self.history.append(entry)
         if self.on_epoch is not None:
             self.on_epoch(entry)
-        if report["ndcg@10"] > self.best_score:
-            self.best_score, self.best_epoch, self.wait = report["ndcg@10"], epoch + 1, 0
+        score = report["ndcg@10"] if self.agree is None else self.agree(report["ndcg@10"])
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.wait = score, epoch + 1, 0
             self.best_weights = weights
         else:
             self.wait += 1
@@ -351,6 +376,10 @@ def train(
     """
     started = time.perf_counter()
     cluster = cluster_from_env()
+    if cluster.distributed and config.fine_tune_bert:
+        raise ConfigError(
+            "--fine-tune-bert trains on one worker only", hint="leave out --workers / TF_CONFIG, or --fine-tune-bert"
+        )
     strategy = worker_strategy(cluster)
     if not cluster.is_chief:
         on_epoch, on_step = None, None  # the chief reports progress; the others train in silence
@@ -405,7 +434,14 @@ def train(
     batches = WindowBatches(windows, config, num_items=len(item_ids))
     average = WeightAverage(config.weight_average) if config.weight_average > 0 else None
     stopper = EarlyStopping(
-        cases, item_ids, config, on_epoch, average, exclude_history=policy.exclude_history, event_types=event_types
+        cases,
+        item_ids,
+        config,
+        on_epoch,
+        average,
+        exclude_history=policy.exclude_history,
+        event_types=event_types,
+        agree=None if strategy is None else lambda score: chief_value(strategy, score, cluster.is_chief),
     )
     callbacks = [stopper] if average is None else [average, stopper]
     if on_step is not None:
