@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -204,6 +205,67 @@ def test_real_server_process_serves_on_loopback(trained_project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def listening_sockets(port):
+    """Sockets in LISTEN state on the port (Linux /proc/net/tcp*)."""
+    from pathlib import Path
+
+    found = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if Path(table).exists():
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                found += fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_two_workers_share_out_keep_alive_connections(trained_project, tmp_path):
+    """Each worker listens on its own socket once loaded, so connections opened at once and kept (as a load generator
+    or a proxy's pool does) reach both workers; on one shared socket the first awake worker accepted them all."""
+    import http.client
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import REPO
+    from tests.test_telemetry import recommends_per_worker
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()  # where the server makes its workers' metrics folder
+    env = {**os.environ, "BIGREC_PROJECT_DIR": str(trained_project), "TMPDIR": str(temporary)}
+    command = [sys.executable, "-m", "bigrec_cli", "serve", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while listening_sockets(port) < 2:
+            assert server.poll() is None, server.stderr.read()
+            assert time.time() < deadline, f"{listening_sockets(port)} listening socket(s) on the port, not 2"
+            time.sleep(0.2)
+        connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(16)]
+        for connection in connections:
+            connection.connect()
+        for _ in range(2):
+            for number, connection in enumerate(connections):
+                connection.request("GET", f"/recommend?user=u{number:04d}&k=3")
+                response = connection.getresponse()
+                assert response.status == 200, response.read()
+                response.read()
+        (folder,) = temporary.glob("bigrec-metrics-*")
+        per_worker = recommends_per_worker(folder)
+        while sum(per_worker.values()) < 32 and time.time() < deadline:  # counted just after the answer is sent
+            time.sleep(0.1)
+            per_worker = recommends_per_worker(folder)
+        assert sum(per_worker.values()) == 32 and all(per_worker.values()) and len(per_worker) == 2, per_worker
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def test_serving_process_uses_one_blas_thread_and_freezes_the_loaded_model():
