@@ -452,6 +452,8 @@ def create_app(
             options["explain"] = True
         try:
             answer = await run_in_threadpool(recommender.recommend, user, k=k, **options)
+        except StoreBusyError as error:  # the feedback store (a PostgreSQL server) is down or locked: retry later
+            raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
         except ConfigError as error:
             raise HTTPException(400, str(error)) from None
         return Response(json.dumps(answer), media_type="application/json")

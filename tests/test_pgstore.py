@@ -345,3 +345,20 @@ def test_two_servers_share_one_postgresql(trained_copy, pg_url, tmp_path):
                 server.kill()
                 server.wait()
     assert not (trained_copy / "feedback.sqlite3").exists(), "nothing went to the SQLite file"
+
+
+def test_recommend_answers_503_while_its_store_is_down(trained_copy):
+    """A server whose PostgreSQL goes away answers GET /recommend with 503 and Retry-After, not a 500."""
+    from fastapi.testclient import TestClient
+
+    from bigrec_cli.recommend import Recommender
+    from bigrec_cli.serve import create_app
+
+    recommender = Recommender(ProjectDir(trained_copy))
+    assert recommender.recommend("u0007")["items"]
+    recommender.store = open_store(ProjectDir(trained_copy, store_url=f"postgresql://u@127.0.0.1:{free_port()}/x"))
+    app = create_app(load=lambda: recommender, generation=lambda: 0, ingest=lambda rows: None, watch=False)
+    with TestClient(app) as client:
+        answer = client.get("/recommend", params={"user": "u0007"})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+    assert "cannot connect" in answer.json()["detail"]
