@@ -33,6 +33,7 @@ from bigrec_cli.sequences import read_training_data
 from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
+INDEX_MIN_RECALL = 0.95  # `--index auto` keeps an index whose answers match exact ranking at least this often
 RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON files, the item-to-item term)
 
 
@@ -320,7 +321,7 @@ def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: boo
     index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
     built = time.perf_counter() - started
     recall = sampled_recall(scorer, index, cases.histories, config.max_len, exclude_history, config.seed)
-    return index, {
+    info = {
         "kind": "hnsw",
         "num_items": scorer.num_items,
         **recall,
@@ -328,6 +329,16 @@ def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: boo
         "hnsw_neighbours": HNSW_NEIGHBOURS,
         "ef_search": EF_SEARCH,
     }
+    if not keeps_index(config.index, recall["recall@10"]):
+        # `auto` never trades answers for speed behind the user's back: exact scoring, and the reason recorded
+        return None, {**info, "kind": "exact", "reason": f"index recall@10 below {INDEX_MIN_RECALL}: not kept"}
+    return index, info
+
+
+def keeps_index(mode: str, recall: float) -> bool:
+    """Whether a built index is kept: always when asked for (`hnsw`); with `auto`, only if its answers agree with
+    exact ranking on validation users at least INDEX_MIN_RECALL of the time (NaN: no users to tell, kept)."""
+    return mode == "hnsw" or not recall < INDEX_MIN_RECALL
 
 
 def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:

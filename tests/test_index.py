@@ -107,3 +107,12 @@ def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog
 def test_index_hnsw_needs_a_run_with_an_index(trained_copy):
     result = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007", "--index", "hnsw")
     assert result.exit_code == 1 and "no approximate index" in result.stderr
+
+
+def test_auto_keeps_only_an_index_whose_answers_agree_with_exact_ranking():
+    from bigrec_cli.train import INDEX_MIN_RECALL, keeps_index
+
+    assert keeps_index("auto", 0.99) and keeps_index("auto", INDEX_MIN_RECALL)
+    assert not keeps_index("auto", 0.44)  # answers missing most of the exact top 10: exact scoring instead
+    assert keeps_index("hnsw", 0.44)  # asked for: kept, its recall recorded in metrics.json
+    assert keeps_index("auto", float("nan"))  # no validation users to measure it on
