@@ -56,9 +56,10 @@ def ray_runtime(address: str | None, cpus: int) -> Iterator[None]:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         if address:
             ray.init(address=address, logging_config=quiet)
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_config=quiet)
+        else:  # "local": a Ray of its own, even where a `ray start` cluster runs on this machine
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_config=quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
+        ray.shutdown()  # whatever a failed start left running
         raise DataError(
             f"cannot start or reach Ray{f' at {address}' if address else ''}: {error}",
             hint="check --ray-address / RAY_ADDRESS (ray://host:10001 or host:6379), or leave it out to run locally",
