@@ -54,6 +54,18 @@ class Run:
     event_types: list[str]  # position = the type's id in sequence tokens; empty for runs from before event types
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` produced (here, not in train.py, so that a process driving workers needs no TensorFlow)."""
+
+    run_id: str  # "" on a worker that is not the chief: only the chief writes the run
+    run_dir: Path | None
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+    seconds: float
+
+
 def write_run(
     project: ProjectDir,
     *,

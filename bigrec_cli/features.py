@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -44,10 +45,17 @@ class BertEncoder:
         self.max_length = max_length
         self.dim = int(config["hidden_size"])
         self.tokenizer = Tokenizer(str(checkpoint.dict_path), do_lower_case=config.get("do_lower_case", True))
-        self.model = build_transformer_model(str(checkpoint.config_path), str(checkpoint.checkpoint_path), model="bert")
         self._encode = tf.function(
             self._pooled,
             input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)],
+        )
+
+    @cached_property
+    def model(self):
+        """The bert4keras model, loaded with its weights when first used: an `extract` whose texts are all cached,
+        or encoded by Ray's actors, never loads them in this process."""
+        return build_transformer_model(
+            str(self.checkpoint.config_path), str(self.checkpoint.checkpoint_path), model="bert"
         )
 
     def key(self) -> str:
@@ -76,6 +84,7 @@ class BertEncoder:
         `batch_size` whose padding stays under 2% of their tokens (`length_batches`), so BERT computes almost only
         real tokens. `on_progress` counts the texts of `texts` that got their vector.
         """
+        self.model  # noqa: B018 - loaded here, eagerly, never inside the tf.function's first trace
         distinct = list(dict.fromkeys(texts))
         row_of = {text: row for row, text in enumerate(distinct)}
         copies = np.bincount([row_of[text] for text in texts], minlength=len(distinct))

@@ -72,10 +72,17 @@ class ItemItem:
         """(users, items) term for items 1…N of left-padded token rows: Σ over each row's distinct items i of
         decay^(age of i) · (α S[i, ·] + γ 1[· = i]), an item's age counted from the row's last column at its latest
         occurrence."""
+        return self.sparse_scores(sequences).toarray()
+
+    def sparse_scores(self, sequences: np.ndarray) -> sparse.csr_matrix:
+        """`scores` as a sparse (users, items) matrix with sorted indices: only the neighbours of each row's history
+        are non-zero, so a million-item catalog costs what the neighbours cost, not a dense row per user."""
         history = self.history(sequences)
-        scores = self.alpha * np.asarray((history @ self.matrix)[:, 1:].todense(), dtype="float32")
+        scores = (history @ self.matrix)[:, 1:].tocsr().astype("float32") * self.alpha
         if self.repeat_weight:
-            scores += self.repeat_weight * np.asarray(history[:, 1:].todense(), dtype="float32")
+            scores = scores + history[:, 1:].tocsr().astype("float32") * self.repeat_weight
+        scores = sparse.csr_matrix(scores, dtype="float32")
+        scores.sort_indices()
         return scores
 
     def history(self, sequences: np.ndarray) -> sparse.csr_matrix:

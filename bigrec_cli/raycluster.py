@@ -17,16 +17,19 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from bigrec_cli.checkpoints import BertCheckpoint
+from bigrec_cli.artifacts import TrainResult
 from bigrec_cli.config import TrainConfig
 from bigrec_cli.errors import BigrecError, ConfigError, DataError
-from bigrec_cli.features import Encode, ProgressCallback
 from bigrec_cli.project import ProjectDir, atomic_write_json, read_json
-from bigrec_cli.train import TrainResult
+
+if TYPE_CHECKING:  # the driver of Ray's workers loads no TensorFlow: only the workers do
+    from bigrec_cli.checkpoints import BertCheckpoint
+    from bigrec_cli.features import Encode, ProgressCallback
+
 
 EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Exit|Interrupt)\b.*:")
 RAY_HINT = "install Ray with `pip install 'ray[train,data]>=2.50'` (make install does), or run without --workers"
@@ -173,6 +176,7 @@ class _EncoderActor:
     """One Ray Data actor: loads BERT once, then encodes batch after batch."""
 
     def __init__(self, checkpoint: dict, pooling: str, max_length: int, batch_size: int) -> None:
+        from bigrec_cli.checkpoints import BertCheckpoint
         from bigrec_cli.features import BertEncoder
 
         fields = {name: Path(value) if name != "name" else value for name, value in checkpoint.items()}

@@ -106,19 +106,22 @@ def index_top_k(
     blocked = [np.unique(columns) for columns in blocked]
     counts = np.array([k + len(columns) + OVERFETCH for columns in blocked], dtype="int64")
     proposed = index.candidates(states, counts)
-    term = scorer.item_item.scores(sequences) if scorer.item_item is not None else None
+    term = scorer.item_item.sparse_scores(sequences) if scorer.item_item is not None else None
     answers: list[tuple[np.ndarray, np.ndarray] | None] = []
     for row in range(len(states)):
         columns = proposed[row]
         if always is not None and len(always):
             columns = np.union1d(columns, always)
         if term is not None:
-            count = int(counts[row])
-            strongest = np.argpartition(-term[row], min(count, term.shape[1] - 1))[:count]
-            columns = np.union1d(columns, strongest[term[row, strongest] > 0])
+            span = slice(term.indptr[row], term.indptr[row + 1])
+            neighbours, values = term.indices[span], term.data[span]
+            neighbours, values = neighbours[values > 0], values[values > 0]
+            if len(neighbours) > counts[row]:
+                neighbours = neighbours[np.argpartition(-values, int(counts[row]))[: counts[row]]]
+            columns = np.union1d(columns, neighbours)
         logits = states[row] @ scorer.output_vectors[columns + 1].T + scorer.output_bias[columns + 1]
         if term is not None:
-            logits = logits + term[row, columns]
+            logits = logits + sparse_row_values(term, row, columns)
         keep = ~np.isin(columns, blocked[row])
         if allowed is not None:
             keep &= allowed[columns]
@@ -129,6 +132,16 @@ def index_top_k(
         order = np.argsort(-logits, kind="stable")[:k]
         answers.append((columns[order], logits[order]))
     return answers
+
+
+def sparse_row_values(matrix, row: int, columns: np.ndarray) -> np.ndarray:
+    """matrix[row, columns] of a CSR matrix with sorted indices, 0 where the row has no entry."""
+    span = slice(matrix.indptr[row], matrix.indptr[row + 1])
+    indices, data = matrix.indices[span], matrix.data[span]
+    if not len(indices):
+        return np.zeros(len(columns), dtype=data.dtype)
+    position = np.minimum(np.searchsorted(indices, columns), len(indices) - 1)
+    return np.where(indices[position] == columns, data[position], 0).astype(data.dtype)
 
 
 def index_recall(

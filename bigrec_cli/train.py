@@ -6,14 +6,14 @@ import contextlib
 import itertools
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from bigrec_cli.annindex import EF_SEARCH, HNSW_NEIGHBOURS, ItemIndex, wants_index
-from bigrec_cli.artifacts import load_run, write_run
+from bigrec_cli.artifacts import TrainResult, load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
 from bigrec_cli.cluster import Cluster, cluster_from_env
@@ -35,18 +35,6 @@ from bigrec_cli.vectors import load_item_vectors
 FINE_TUNE_MAX_TOKENS = 64
 INDEX_MIN_RECALL = 0.95  # `--index auto` keeps an index whose answers match exact ranking at least this often
 RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON files, the item-to-item term)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What `train` produced."""
-
-    run_id: str  # "" on a worker that is not the chief: only the chief writes the run
-    run_dir: Path | None
-    best_epoch: int
-    epochs_run: int
-    metrics: dict[str, float]
-    seconds: float
 
 
 class WindowBatches(keras.utils.Sequence):

@@ -38,3 +38,11 @@ def test_help_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_driver_of_ray_workers_does_not_import_tensorflow():
+    """`train --workers N` and `extract --workers N` orchestrate from a process that needs no TensorFlow."""
+    code = (
+        "import sys\nimport bigrec_cli.raycluster\nassert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
