@@ -2,21 +2,26 @@
 
 Protocol: MovieLens 100K is preprocessed, extracted with MiniLM and trained with `bigrec train`'s defaults (seed 0),
 as bench/quality.py does. The trained run's item vectors have the structure real ones have; a catalog of
-`--items` (default 1,000,000) is made from them: the run's 1,682 items first, then copies of them (round robin)
-jittered by Gaussian noise whose scale is a quarter of the median distance between a real item and its nearest
-real neighbour, in the space of the item vectors and biases, numpy default_rng(seed 0). So the catalog
-is clusters around real items, neither i.i.d. noise nor exact duplicates. The scorer is the run's own (its LSTM,
-user projection and head) over that catalog, without the item-to-item term (which has no meaning for copies).
+`--items` (default 1,000,000) is made from them, in the space of the item vectors and biases, numpy
+default_rng(seed 0): the run's 1,682 items first, then items each drawn as a mixture of a random real item and its
+10 nearest real neighbours (Dirichlet(1) weights), plus isotropic Gaussian noise whose expected length is
+`--jitter` (default 0.25) times the median distance between a real item and its nearest real neighbour. So new
+items fill the regions between related real items as a larger catalog would, neither i.i.d. noise nor copies.
+(`--copies` builds the earlier catalog instead: jittered copies of the real items, round robin; at 1M that is 595
+near-copies of each, and every user's exact top 10 are near-ties inside one or three tight clusters, whose HNSW
+graph links within clusters: recall@10 0.44 at efSearch 256 was measured on it.) The scorer is the run's own (its
+LSTM, user projection and head) over that catalog, without the item-to-item term (which has no meaning here).
 Users: the 943 validation users of the split, their histories read by the run's LSTM; their own history items are
 excluded, as `recommend` does. Measured:
 - build: seconds to build the HNSW index (M 32, efConstruction 128, over the L2 reduction of annindex.py) on all
   cores;
 - recall@10 of `recommend`'s index path (k + excluded + 50 candidates from the index, scored exactly, top 10)
   against exact ranking of the whole catalog, each user searched on its own as `recommend` does, at efSearch 128,
-  256 (the default) and 512 (each search runs with the larger of efSearch and the candidates it asks for);
-- latency of one user's top 10 (one query at a time, faiss on one thread, numpy's BLAS on its default threads):
-  the index path against the exact path (one matrix product over the catalog and a partial sort), median and p99
-  over 500 queries each, measured in the same run.
+  256, 512, 1024, 2048 and 4096 (each search runs with the larger of efSearch and the candidates it asks for),
+  and the efSearch `bigrec train` would keep (it doubles from 256 until recall on validation users reaches 0.98);
+- latency of one user's top 10 (one query at a time, faiss on one thread, numpy's BLAS on its default threads),
+  at the efSearch train keeps: the index path against the exact path (one matrix product over the catalog and a
+  partial sort), median and p99 over 500 queries each, measured in the same run.
 This is the retrieval stage alone; HTTP and the feedback store come on top (bench/latency.py). Reads
 ../shared/data/ml-100k; when it is absent, says so and stops. Writes bench/results/index-<items>.json.
 """
@@ -36,6 +41,8 @@ from results_io import protocol, write_result
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("BIGREC_DATA_DIR") or ROOT.parent / "shared" / "data") / "ml-100k"
 WORK = ROOT / "bench" / ".work" / "index"
+NEIGHBOURS = 10  # real neighbours each synthetic item mixes with its source
+BREADTHS = (128, 256, 512, 1024, 2048, 4096)
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -56,8 +63,9 @@ def trained_project():
     return project
 
 
-def jittered_scorer(scorer, items: int, rng: np.random.Generator):
-    """The run's scorer over a catalog of `items`: its own items, then jittered copies of them."""
+def synthetic_scorer(scorer, items: int, rng: np.random.Generator, jitter: float = 0.25, copies: bool = False):
+    """The run's scorer over a catalog of `items`: its own items, then mixtures of each real item's neighbourhood
+    (or, with `copies`, jittered copies of the real items), plus noise `jitter` times the real items' spacing."""
     from bigrec_cli.scoring import Scorer
 
     weights = scorer.weights
@@ -67,11 +75,17 @@ def jittered_scorer(scorer, items: int, rng: np.random.Generator):
     squared = (points**2).sum(axis=1)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * points @ points.T, 0.0))
     np.fill_diagonal(distances, np.inf)
-    scale = 0.25 * float(np.median(distances.min(axis=1))) / np.sqrt(points.shape[1])
-    source = np.arange(items) % len(real)
-    noise = rng.normal(scale=scale, size=(items, points.shape[1])).astype("float32")
-    noise[: len(real)] = 0.0
-    jittered = points[source] + noise
+    scale = jitter * float(np.median(distances.min(axis=1))) / np.sqrt(points.shape[1])
+    if copies:
+        drawn = points[np.arange(items) % len(real)]
+    else:
+        source = rng.integers(0, len(real), items)
+        members = np.concatenate([source[:, None], np.argsort(distances, axis=1)[:, :NEIGHBOURS][source]], axis=1)
+        shares = rng.dirichlet(np.ones(NEIGHBOURS + 1), items)
+        drawn = np.einsum("nk,nkd->nd", shares, points[members])
+    noise = rng.normal(scale=scale, size=(items, points.shape[1]))
+    catalog = (drawn + noise).astype("float32")
+    catalog[: len(real)] = points
     rows = items + 1
     dim = real.shape[1]
     synthetic = replace(
@@ -79,8 +93,8 @@ def jittered_scorer(scorer, items: int, rng: np.random.Generator):
         text_vectors=np.zeros((rows, 1), dtype="float32"),
         projection_kernel=np.zeros((1, dim), dtype="float32"),
         projection_bias=np.zeros(dim, dtype="float32"),
-        id_embedding=np.concatenate([np.zeros((1, dim), "float32"), jittered[:, :dim]]),
-        item_bias=np.concatenate([[0.0], jittered[:, dim]]).astype("float32"),
+        id_embedding=np.concatenate([np.zeros((1, dim), "float32"), catalog[:, :dim]]),
+        item_bias=np.concatenate([[0.0], catalog[:, dim]]).astype("float32"),
         cold_rows=np.zeros(rows),
         cold_boost=np.zeros(1),
     )
@@ -94,6 +108,8 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=lambda text: int(text.replace("_", "")), default=1_000_000)
+    parser.add_argument("--jitter", type=float, default=0.25, help="noise length in units of the real items' spacing")
+    parser.add_argument("--copies", action="store_true", help="jittered copies of the real items, not mixtures")
     options = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: this benchmark reads MovieLens 100K and stops here")
@@ -104,12 +120,13 @@ def main() -> None:
     from bigrec_cli.data import SPLIT_VALID, load_events
     from bigrec_cli.events import token_items
     from bigrec_cli.protocol import holdout_cases, indexed_events, left_pad
-    from bigrec_cli.recommend import index_recall, index_top_k
+    from bigrec_cli.recommend import exact_top, index_recall, index_top_k
+    from bigrec_cli.train import INDEX_TARGET_RECALL
 
     project = trained_project()
     run = load_run(project.current_run_dir())
     real = run_scorer(run)
-    scorer, scale = jittered_scorer(real, options.items, np.random.default_rng(0))
+    scorer, scale = synthetic_scorer(real, options.items, np.random.default_rng(0), options.jitter, options.copies)
     cases = holdout_cases(indexed_events(load_events(project), run.item_ids, run.event_types), SPLIT_VALID)
     sequences = left_pad(cases.histories, run.config.max_len)
     states = scorer.user_states(sequences)
@@ -119,13 +136,17 @@ def main() -> None:
     build_seconds = time.perf_counter() - started
     print(f"{options.items:,} items: index built in {build_seconds:.1f} s", file=sys.stderr)
     faiss.omp_set_num_threads(1)
+    best = exact_top(scorer, states, sequences, blocked, 10)
     recall = {}
-    default = annindex.EF_SEARCH
-    for ef in (128, 256, 512):
-        annindex.EF_SEARCH = ef
-        recall[ef] = index_recall(scorer, index, states, sequences, blocked, k=10)
-        print(f"efSearch {ef}: recall@10 {recall[ef]:.4f}", file=sys.stderr)
-    annindex.EF_SEARCH = default
+    for breadth in BREADTHS:
+        index.ef_search = breadth
+        recall[breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
+        print(f"efSearch {breadth}: recall@10 {recall[breadth]:.4f}", file=sys.stderr)
+    # what train keeps: from EF_SEARCH, doubled until validation recall reaches INDEX_TARGET_RECALL
+    kept = annindex.EF_SEARCH
+    while recall[kept] < INDEX_TARGET_RECALL and kept < annindex.EF_SEARCH_MAX:
+        kept *= 2
+    index.ef_search = kept
     queries = np.random.default_rng(1).integers(0, len(states), 500)
     timings: dict[str, list[float]] = {"index": [], "exact": []}
     for user in queries:  # alternate the two paths, so that both see the same machine
@@ -150,10 +171,14 @@ def main() -> None:
         {
             "items": options.items,
             "real_items": real.num_items,
+            "jitter": options.jitter,
             "jitter_scale": scale,
             "users": len(states),
             "build_seconds": round(build_seconds, 1),
             "recall_at_10": {f"ef_search_{ef}": value for ef, value in recall.items()},
+            "ef_search_kept": kept,
+            "recall_at_10_kept": recall[kept],
+            "construction": "copies" if options.copies else f"mixtures of {NEIGHBOURS + 1} real neighbours",
             "latency_one_query": latency,
             "exact_over_index_median": latency["exact"]["median_ms"] / latency["index"]["median_ms"],
             "cpu_count": os.cpu_count(),

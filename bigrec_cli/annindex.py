@@ -28,7 +28,8 @@ HNSW_NEIGHBOURS = 32  # M: graph degree
 # On 30,000 jittered real item vectors (bench/index.py), recall@10 of the answers at efConstruction 40 / 200 was
 # 0.959 / 0.978 with efSearch 128, 0.981 / 0.994 with 256, for 3.3 times the build time: 128 and 256 between them.
 EF_CONSTRUCTION = 128
-EF_SEARCH = 256
+EF_SEARCH = 256  # where `train` starts; it doubles efSearch (up to EF_SEARCH_MAX) until validation recall suffices
+EF_SEARCH_MAX = 4096
 OVERFETCH = 50  # candidates beyond k + the user's excluded items, so that exclusions and re-scoring rarely starve
 
 
@@ -73,6 +74,7 @@ class ItemIndex:
         faiss = _faiss()
         index = faiss.IndexHNSWFlat(vectors.shape[1] + 2, HNSW_NEIGHBOURS, faiss.METRIC_L2)
         index.hnsw.efConstruction = EF_CONSTRUCTION
+        index.hnsw.efSearch = EF_SEARCH
         index.add(_rows(vectors, bias)[0])
         return cls(index)
 
@@ -95,6 +97,15 @@ class ItemIndex:
         return int(self.index.ntotal)
 
     @property
+    def ef_search(self) -> int:
+        """The breadth of every search (faiss keeps it in the index file, so a run's choice travels with it)."""
+        return int(self.index.hnsw.efSearch)
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self.index.hnsw.efSearch = int(value)
+
+    @property
     def radius(self) -> float:
         """R: every indexed item has this norm (read back from the first one, so the file needs nothing else)."""
         return float(np.linalg.norm(self.index.reconstruct(0))) if self.num_items else 1.0
@@ -108,7 +119,7 @@ class ItemIndex:
         """Each user's `counts[row]` item columns (index − 1) with the highest approximate logits.
 
         A user's answer depends on that user alone: users are searched in groups of equal count, each with
-        efSearch = max(EF_SEARCH, count), passed per search (the index itself is shared by the server's threads).
+        efSearch = max(the index's efSearch, count), passed per search (the index is shared by the server's threads).
         """
         faiss = _faiss()
         queries = np.concatenate([states, np.ones((len(states), 1)), np.zeros((len(states), 1))], axis=1)
@@ -117,7 +128,7 @@ class ItemIndex:
         found: list[np.ndarray] = [np.zeros(0, dtype="int64")] * len(states)
         for count in np.unique(counts):
             rows = np.flatnonzero(counts == count)
-            params = faiss.SearchParametersHNSW(efSearch=int(max(EF_SEARCH, count)))
+            params = faiss.SearchParametersHNSW(efSearch=int(max(self.ef_search, count)))
             _, columns = self.index.search(queries[rows], int(count), params=params)
             for row, answer in zip(rows, columns):
                 found[row] = answer[answer >= 0]

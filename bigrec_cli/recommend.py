@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bigrec_cli.annindex import OVERFETCH, ItemIndex
+from bigrec_cli.annindex import EF_SEARCH_MAX, OVERFETCH, ItemIndex
 from bigrec_cli.artifacts import live_scorer, load_run
 from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError, NotTrainedError
@@ -144,20 +144,17 @@ def sparse_row_values(matrix, row: int, columns: np.ndarray) -> np.ndarray:
     return np.where(indices[position] == columns, data[position], 0).astype(data.dtype)
 
 
-def index_recall(
+def exact_top(
     scorer: Scorer,
-    index: ItemIndex,
     states: np.ndarray,
     sequences: np.ndarray,
     blocked: list[np.ndarray],
     k: int = 10,
     chunk_cells: int = 2**25,
-) -> float:
-    """Recall@k of the index's answers against exact ranking: the share of the exact top k (of the items a user may
-    get) that it returns. Users are ranked exactly in chunks of about `chunk_cells` logits, never all at once."""
-    if not len(states):
-        return float("nan")
-    hits, wanted = 0, 0
+) -> list[np.ndarray]:
+    """Each user's exact top k item columns among the items the user may get (unordered). Users are ranked in
+    chunks of about `chunk_cells` logits, never all at once."""
+    tops: list[np.ndarray] = []
     step = max(1, chunk_cells // max(scorer.num_items, 1))
     for start in range(0, len(states), step):
         stop = min(start + step, len(states))
@@ -166,11 +163,31 @@ def index_recall(
             exact[row, columns] = -np.inf
         keep = min(k, exact.shape[1] - 1)
         top = np.argpartition(-exact, keep, axis=1)[:, :k]
+        tops.extend(columns[np.isfinite(values)] for columns, values in zip(top, np.take_along_axis(exact, top, 1)))
+    return tops
+
+
+def index_recall(
+    scorer: Scorer,
+    index: ItemIndex,
+    states: np.ndarray,
+    sequences: np.ndarray,
+    blocked: list[np.ndarray],
+    k: int = 10,
+    best: list[np.ndarray] | None = None,
+) -> float:
+    """Recall@k of the index's answers against exact ranking: the share of the exact top k (of the items a user may
+    get) that it returns. `best`: the users' `exact_top`, when already known."""
+    if not len(states):
+        return float("nan")
+    best = exact_top(scorer, states, sequences, blocked, k) if best is None else best
+    hits, wanted = 0, 0
+    for start in range(0, len(states), 512):
+        stop = min(start + 512, len(states))
         found = index_top_k(scorer, index, states[start:stop], sequences[start:stop], blocked[start:stop], k)
-        for row, answer in enumerate(found):
-            best = top[row][np.isfinite(exact[row, top[row]])]
-            wanted += len(best)
-            hits += len(best) if answer is None else len(np.intersect1d(answer[0], best))
+        for answer, exact in zip(found, best[start:stop]):
+            wanted += len(exact)
+            hits += len(exact) if answer is None else len(np.intersect1d(answer[0], exact))
     return float(hits / wanted) if wanted else float("nan")
 
 
@@ -182,15 +199,30 @@ def sampled_recall(
     exclude_history: bool,
     seed: int,
     sample: int = 2_000,
+    target: float | None = None,
 ) -> dict:
-    """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories."""
+    """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories.
+
+    With a `target`, the index's efSearch doubles (up to EF_SEARCH_MAX) until its recall reaches it, and stays at
+    the breadth reached: a larger catalog, or one whose best items are harder to reach, searches more widely.
+    """
     rows = sorted(np.random.default_rng([seed, 11]).permutation(len(histories))[:sample])
     chosen = [histories[row] for row in rows]
     sequences = left_pad(chosen, max_len)
     states = scorer.user_states(sequences) if len(sequences) else np.zeros((0, scorer.output_vectors.shape[1]))
     empty = np.zeros(0, dtype="int64")
     blocked = [token_items(history) - 1 if exclude_history else empty for history in chosen]
-    return {"recall@10": index_recall(scorer, index, states, sequences, blocked, k=10), "recall_cases": len(chosen)}
+    best = exact_top(scorer, states, sequences, blocked, 10)
+    tried = {index.ef_search: index_recall(scorer, index, states, sequences, blocked, 10, best)}
+    while target is not None and tried[index.ef_search] < target and index.ef_search < EF_SEARCH_MAX:
+        index.ef_search = min(2 * index.ef_search, EF_SEARCH_MAX)
+        tried[index.ef_search] = index_recall(scorer, index, states, sequences, blocked, 10, best)
+    return {
+        "recall@10": tried[index.ef_search],
+        "recall_cases": len(chosen),
+        "ef_search": index.ef_search,
+        "recall@10_by_ef_search": {str(breadth): recall for breadth, recall in tried.items()},
+    }
 
 
 class Recommender:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from bigrec_cli.annindex import EF_SEARCH, HNSW_NEIGHBOURS, ItemIndex, wants_index
+from bigrec_cli.annindex import HNSW_NEIGHBOURS, ItemIndex, wants_index
 from bigrec_cli.artifacts import TrainResult, load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
@@ -34,6 +34,7 @@ from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
 INDEX_MIN_RECALL = 0.95  # `--index auto` keeps an index whose answers match exact ranking at least this often
+INDEX_TARGET_RECALL = 0.98  # the index searches more widely (efSearch) until validation recall reaches this
 RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON files, the item-to-item term)
 
 
@@ -302,20 +303,22 @@ def choose_item_item(
 
 def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: bool) -> tuple[ItemIndex | None, dict]:
     """The run's approximate index when `config.index` asks for one, and its recall@10 against exact ranking on
-    validation users: the answers `recommend` gives with it against those it gives without."""
+    validation users: the answers `recommend` gives with it against those it gives without. Its efSearch doubles
+    from EF_SEARCH until that recall reaches INDEX_TARGET_RECALL (or EF_SEARCH_MAX), and the index file keeps it."""
     if not wants_index(config.index, scorer.num_items):
         return None, {"kind": "exact", "num_items": scorer.num_items}
     started = time.perf_counter()
     index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
     built = time.perf_counter() - started
-    recall = sampled_recall(scorer, index, cases.histories, config.max_len, exclude_history, config.seed)
+    recall = sampled_recall(
+        scorer, index, cases.histories, config.max_len, exclude_history, config.seed, target=INDEX_TARGET_RECALL
+    )
     info = {
         "kind": "hnsw",
         "num_items": scorer.num_items,
         **recall,
         "build_seconds": round(built, 3),
         "hnsw_neighbours": HNSW_NEIGHBOURS,
-        "ef_search": EF_SEARCH,
     }
     if not keeps_index(config.index, recall["recall@10"]):
         # `auto` never trades answers for speed behind the user's back: exact scoring, and the reason recorded

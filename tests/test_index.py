@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bigrec_cli.annindex import INDEX_MIN_ITEMS, ItemIndex, wants_index
+from bigrec_cli.annindex import EF_SEARCH, INDEX_MIN_ITEMS, ItemIndex, wants_index
 from bigrec_cli.errors import ArtifactError
 from bigrec_cli.project import ProjectDir
 from tests.conftest import SAMPLE, invoke
@@ -50,6 +50,26 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
         ItemIndex.load(path)
 
 
+def test_a_wider_search_finds_more_and_the_index_file_keeps_its_breadth(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors, bias = clustered(rng, 20_000, 16), rng.normal(scale=2.0, size=20_000).astype("float32")
+    users = rng.normal(size=(300, 16)).astype("float32")
+    exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
+    index = ItemIndex.build(vectors, bias)
+    assert index.ef_search == EF_SEARCH
+
+    def recall() -> float:
+        found = index.candidates(users, np.full(len(users), 10))
+        return float(np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))]))
+
+    index.ef_search = 10
+    narrow = recall()
+    index.ef_search = 1024
+    assert recall() > narrow and recall() >= 0.99
+    index.save(tmp_path / "items.hnsw")
+    assert ItemIndex.load(tmp_path / "items.hnsw").ef_search == 1024
+
+
 def test_auto_indexes_large_catalogs_only():
     assert not wants_index("auto", INDEX_MIN_ITEMS - 1) and wants_index("auto", INDEX_MIN_ITEMS)
     assert wants_index("hnsw", 10) and not wants_index("exact", 10**7)
@@ -67,6 +87,8 @@ def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog
     run_dir = trained_copy / "runs" / json.loads(result.stdout)["run_id"]
     metrics = json.loads((run_dir / "metrics.json").read_text())["index"]
     assert metrics["kind"] == "hnsw" and metrics["recall@10"] == 1.0 and metrics["recall_cases"] > 0
+    # recall already at the target: the breadth train starts from is the one it keeps
+    assert metrics["ef_search"] == EF_SEARCH and metrics["recall@10_by_ef_search"] == {str(EF_SEARCH): 1.0}
     assert "items.hnsw" in json.loads((run_dir / "manifest.json").read_text())["files"]  # checksummed
     for user in ("u0007", "u0100", "u0250"):
         assert recommended(trained_copy, user) == recommended(trained_copy, user, "--index", "exact")
