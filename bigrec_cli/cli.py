@@ -860,6 +860,8 @@ def tune(
 
     columns = ["trial", "state", "val_ndcg@10", "epochs", *tune.SEARCH_SPACE]
     rows_table("trials (validation NDCG@10)", result.trials, columns)
+    if result.train_share < 1:
+        info(f"each trial's LSTM trained on {result.train_share:.0%} of the users (large data); train uses all")
     if result.kept_current:
         info(f"no trial beat the configuration in use by {tune.MIN_GAIN:.0%} of validation NDCG@10: kept it")
     info(f"best validation NDCG@10 {result.best_value:.4f}; written to {result.written_to} [train]")

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import sys
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -301,6 +302,17 @@ def choose_item_item(
     return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types)
 
 
+def users_share(sequences: dict[str, np.ndarray], share: float, seed: int) -> dict[str, np.ndarray]:
+    """The sequences of a seeded `share` of the users, chosen by a hash of the user id (so the same users whatever
+    the order of the data); all of them when `share` is 1."""
+    if share >= 1:
+        return sequences
+    if not 0 < share < 1:
+        raise ConfigError(f"a share of users must lie in (0, 1], not {share}", hint="pass a share such as 0.4")
+    limit = share * 2**32
+    return {user: tokens for user, tokens in sequences.items() if zlib.crc32(f"{seed}:{user}".encode("utf-8")) < limit}
+
+
 def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: bool) -> tuple[ItemIndex | None, dict]:
     """The run's approximate index when `config.index` asks for one, and its recall@10 against exact ranking on
     validation users: the answers `recommend` gives with it against those it gives without. Its efSearch doubles
@@ -359,6 +371,7 @@ def train(
     warm_start_from: Path | None = None,
     promote: bool = True,
     exclude_items: set[str] | None = None,
+    train_share: float = 1.0,
 ) -> TrainResult:
     """Train on the project's train split and promote the new run when it is complete.
 
@@ -372,6 +385,9 @@ def train(
         promote: Point `current` at the new run when it completes.
         exclude_items: Items whose events are hidden from training and validation (cold-start experiments);
             they stay in the catalog and are scored from their text.
+        train_share: The share of users whose sequences the LSTM trains on (a seeded choice by user id; `tune`
+            screens configurations on large data this way). Validation, the item-to-item term and the cold boost
+            still see every user.
 
     Returns:
         The run id, its directory, the best epoch and its validation metrics.
@@ -405,7 +421,7 @@ def train(
         with_seen=config.item_item,
     )
     event_types, sequences, cases = data.event_types, data.sequences, data.cases
-    windows = Windows(sequences, config.max_len, data.weights)
+    windows = Windows(users_share(sequences, train_share, config.seed), config.max_len, data.weights)
     if len(windows) == 0:
         raise DataError("no user has two training events", hint="give each user at least 4 events (3 are held out)")
     if not cases.user_ids:
@@ -539,6 +555,7 @@ def train(
             "epochs_run": len(stopper.history),
             "num_cold_items": int(cold.sum()),
             "index": index_info,
+            "train_share": train_share,
         },
         manifest={
             **versions(),

@@ -74,3 +74,38 @@ def test_a_study_from_another_search_space_is_refused_with_the_fix(tmp_path):
     )
     with pytest.raises(ConfigError, match="searched id_dropout differently"):
         require_same_space(study, ProjectDir(tmp_path))
+
+
+def test_a_share_of_users_is_chosen_by_user_id_whatever_the_order():
+    from bigrec_cli.train import users_share
+
+    sequences = {f"u{number}": [number] for number in range(2_000)}
+    half = users_share(sequences, 0.5, seed=0)
+    assert 900 < len(half) < 1_100
+    assert set(users_share(dict(reversed(sequences.items())), 0.5, seed=0)) == set(half)
+    assert set(users_share(sequences, 0.5, seed=1)) != set(half), "another seed, other users"
+    assert users_share(sequences, 1.0, seed=0) is sequences
+    with pytest.raises(ConfigError):
+        users_share(sequences, 0.0, seed=0)
+
+
+def test_on_large_data_each_trial_trains_on_a_share_of_users(trained_copy, monkeypatch):
+    from bigrec_cli import train as training
+
+    num_train = json.loads(next((trained_copy / "data").glob("*/data.json")).read_text())["num_train"]
+    monkeypatch.setattr("bigrec_cli.tune.SCREEN_EVENTS", num_train // 2)  # the sample data counts as large
+    real, shares = training.users_share, []
+
+    def recorded(sequences, share, seed):
+        kept = real(sequences, share, seed)
+        shares.append((share, len(kept) / len(sequences)))
+        return kept
+
+    monkeypatch.setattr(training, "users_share", recorded)
+    (trained_copy / "bigrec.toml").write_text("[train]\nepochs = 1\n")
+    outcome = invoke("tune", "--trials", "1", "--project-dir", str(trained_copy), "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert result["train_share"] == round((num_train // 2) / num_train, 4) and len(shares) == 1
+    share, kept = shares[0]
+    assert share == result["train_share"] and 0.3 < kept < 0.7
