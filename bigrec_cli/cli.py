@@ -101,6 +101,7 @@ class Loss(str, Enum):
 class IndexMode(str, Enum):
     auto = "auto"
     exact = "exact"
+    ivf = "ivf"
     hnsw = "hnsw"
 
 
@@ -443,7 +444,9 @@ def train(
     ] = TrainConfig.cold_boost_cost,
     index: Annotated[
         IndexMode,
-        typer.Option(help="Approximate top-K index for the run: auto (HNSW from 50,000 items), hnsw, or exact."),
+        typer.Option(
+            help="Approximate top-K index for the run: auto (faiss IVF from 50,000 items), ivf, hnsw, or exact."
+        ),
     ] = IndexMode(TrainConfig.index),
     workers: Annotated[
         int,
@@ -580,7 +583,10 @@ def recommend(
         bool, typer.Option("--explain", help="For each item, the history items that raised its score most.")
     ] = False,
     index: Annotated[
-        IndexMode, typer.Option(help="auto: the run's HNSW index if it has one; exact: score the whole catalog.")
+        IndexMode,
+        typer.Option(
+            help="auto: the run's index if it has one; ivf/hnsw: the run's index, required; exact: all items."
+        ),
     ] = IndexMode.auto,
     as_json: JsonOption = False,
 ) -> None:
@@ -686,7 +692,10 @@ def serve(
         ),
     ] = None,
     index: Annotated[
-        IndexMode, typer.Option(help="auto: the run's HNSW index if it has one; exact: score the whole catalog.")
+        IndexMode,
+        typer.Option(
+            help="auto: the run's index if it has one; ivf/hnsw: the run's index, required; exact: all items."
+        ),
     ] = IndexMode.auto,
 ) -> None:
     """Serve GET /recommend, POST /feedback, GET /health and GET /metrics (Prometheus) over HTTP; picks up newly

@@ -63,7 +63,8 @@ LOSSES = ("bce", "gbce")
 WEIGHT_SCALES = ("log", "linear", "ignore")
 DEFAULT_EVENT_WEIGHTS = "purchase=3,cart=2,click=1"  # other positive types weigh 1; negative types are never targets
 NEGATIVE_SAMPLINGS = ("uniform", "popularity")
-INDEX_MODES = ("auto", "exact", "hnsw")
+INDEX_KINDS = ("ivf", "hnsw")  # faiss indexes a run may have
+INDEX_MODES = ("auto", "exact", *INDEX_KINDS)
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ class TrainConfig:
         cold_boost_cost: How much of the validation NDCG@10 of known items (a share) new items may cost: items
             without interactions get the largest bias boost that costs at most this, measured on validation with
             known items posing as new ones (0: no boost; new items then score like their text neighbours).
-        index: The approximate index a run gets for fast top-K: `auto` (a faiss HNSW index from 50,000 items on),
-            `hnsw` (always) or `exact` (never; every answer scores the whole catalog).
+        index: The approximate index a run gets for fast top-K: `auto` (a faiss IVF index from 50,000 items on),
+            `ivf` or `hnsw` (that faiss index, always) or `exact` (never; every answer scores the whole catalog).
     """
 
     epochs: int = 30

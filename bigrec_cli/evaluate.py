@@ -14,7 +14,7 @@ from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, 
 from bigrec_cli.errors import DataError
 from bigrec_cli.events import token_items
 from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
-from bigrec_cli.project import RUN_HISTORY, RUN_INDEX, ProjectDir, atomic_write_json, read_json
+from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json, run_index_path
 from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
 from bigrec_cli.recommend import sampled_recall
 from bigrec_cli.scoring import Scorer
@@ -145,10 +145,10 @@ def evaluate(
     ranks = {"bigrec": scorer_ranks(scorer, cases, max_len, exclude_history=exclude)}
     report.update(ranking_report(ranks["bigrec"], cutoffs))
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
-    if (run.directory / RUN_INDEX).exists():
+    if run_index_path(run.directory).exists():
         # Ranking above stays exact; this is how often the index's answers (what recommend and serve give) agree.
-        index = ItemIndex.load(run.directory / RUN_INDEX)
-        report["index"] = {"kind": "hnsw", **sampled_recall(scorer, index, cases.histories, max_len, exclude, seed)}
+        index = ItemIndex.load(run_index_path(run.directory))
+        report["index"] = sampled_recall(scorer, index, cases.histories, max_len, exclude, seed)
     report["protocol"] = {
         "split": PROTOCOL if exclude else PROTOCOL.replace("with the user's history excluded", "history items allowed"),
         "repeats": policy.repeats,

@@ -44,7 +44,8 @@ RUN_EVENT_TYPES = "event_types.json"
 RUN_METRICS = "metrics.json"
 RUN_HISTORY = "history.json"
 RUN_MANIFEST = "manifest.json"
-RUN_INDEX = "items.hnsw"  # the approximate index of large catalogs (faiss HNSW), when the run has one
+RUN_INDEX = "items.faiss"  # the approximate index of large catalogs (faiss IVF or HNSW), when the run has one
+RUN_INDEX_BEFORE = "items.hnsw"  # its name in runs written before IVF indexes
 
 
 @contextmanager
@@ -123,6 +124,12 @@ def read_json_lines(path: Path) -> list[Any]:
         except json.JSONDecodeError:
             continue
     return values
+
+
+def run_index_path(run_dir: Path) -> Path:
+    """The run's approximate index file (under its earlier name in older runs); it may not exist."""
+    before = run_dir / RUN_INDEX_BEFORE
+    return before if before.exists() and not (run_dir / RUN_INDEX).exists() else run_dir / RUN_INDEX
 
 
 def read_json(path: Path) -> Any:

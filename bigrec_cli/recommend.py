@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bigrec_cli.annindex import EF_SEARCH_MAX, OVERFETCH, ItemIndex
+from bigrec_cli.annindex import BREADTH_NAME, OVERFETCH, ItemIndex
 from bigrec_cli.artifacts import live_scorer, load_run
 from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError, NotTrainedError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import open_store
-from bigrec_cli.project import RUN_INDEX, ProjectDir
+from bigrec_cli.project import ProjectDir, run_index_path
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer
 
@@ -203,8 +203,9 @@ def sampled_recall(
 ) -> dict:
     """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories.
 
-    With a `target`, the index's efSearch doubles (up to EF_SEARCH_MAX) until its recall reaches it, and stays at
-    the breadth reached: a larger catalog, or one whose best items are harder to reach, searches more widely.
+    With a `target`, the index's breadth (nprobe or efSearch) doubles, up to its maximum, until its recall reaches
+    it, and stays at the breadth reached: a larger catalog, or one whose best items are harder to reach, searches
+    more widely.
     """
     rows = sorted(np.random.default_rng([seed, 11]).permutation(len(histories))[:sample])
     chosen = [histories[row] for row in rows]
@@ -213,15 +214,17 @@ def sampled_recall(
     empty = np.zeros(0, dtype="int64")
     blocked = [token_items(history) - 1 if exclude_history else empty for history in chosen]
     best = exact_top(scorer, states, sequences, blocked, 10)
-    tried = {index.ef_search: index_recall(scorer, index, states, sequences, blocked, 10, best)}
-    while target is not None and tried[index.ef_search] < target and index.ef_search < EF_SEARCH_MAX:
-        index.ef_search = min(2 * index.ef_search, EF_SEARCH_MAX)
-        tried[index.ef_search] = index_recall(scorer, index, states, sequences, blocked, 10, best)
+    tried = {index.breadth: index_recall(scorer, index, states, sequences, blocked, 10, best)}
+    while target is not None and tried[index.breadth] < target and index.breadth < index.max_breadth:
+        index.breadth = min(2 * index.breadth, index.max_breadth)
+        tried[index.breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
     return {
-        "recall@10": tried[index.ef_search],
+        "kind": index.kind,
+        "recall@10": tried[index.breadth],
         "recall_cases": len(chosen),
-        "ef_search": index.ef_search,
-        "recall@10_by_ef_search": {str(breadth): recall for breadth, recall in tried.items()},
+        "breadth": index.breadth,
+        "breadth_name": BREADTH_NAME[index.kind],
+        "recall@10_by_breadth": {str(breadth): recall for breadth, recall in tried.items()},
     }
 
 
@@ -232,7 +235,7 @@ class Recommender:
         project: The project directory.
         run_dir: A run to use instead of the promoted one.
         index: `auto` uses the run's approximate index when it has one, `exact` always scores the whole catalog,
-            `hnsw` requires the index.
+            `ivf` or `hnsw` requires the index (whichever kind the run has).
     """
 
     def __init__(self, project: ProjectDir, run_dir: Path | None = None, index: str = "auto") -> None:
@@ -269,13 +272,13 @@ class Recommender:
 
     def _load_index(self, mode: str) -> ItemIndex | None:
         """The run's index, extended with the catalog items a later `extract` added; None for exact scoring."""
-        path = self.run.directory / RUN_INDEX
+        path = run_index_path(self.run.directory)
         if mode == "exact" or (mode == "auto" and not path.exists()):
             return None
         if not path.exists():
             raise NotTrainedError(
                 f"run {self.run.run_id} has no approximate index",
-                hint="train with --index hnsw, or recommend with --index auto/exact",
+                hint="train with --index ivf (or hnsw), or recommend with --index auto/exact",
             )
         index = ItemIndex.load(path)
         if index.num_items > self.scorer.num_items:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from bigrec_cli.annindex import HNSW_NEIGHBOURS, ItemIndex, wants_index
+from bigrec_cli.annindex import ItemIndex, index_kind
 from bigrec_cli.artifacts import TrainResult, load_run, write_run
 from bigrec_cli.backend import keras, set_seed, tf, versions
 from bigrec_cli.checkpoints import extraction_checkpoint
@@ -315,23 +315,18 @@ def users_share(sequences: dict[str, np.ndarray], share: float, seed: int) -> di
 
 def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: bool) -> tuple[ItemIndex | None, dict]:
     """The run's approximate index when `config.index` asks for one, and its recall@10 against exact ranking on
-    validation users: the answers `recommend` gives with it against those it gives without. Its efSearch doubles
-    from EF_SEARCH until that recall reaches INDEX_TARGET_RECALL (or EF_SEARCH_MAX), and the index file keeps it."""
-    if not wants_index(config.index, scorer.num_items):
+    validation users: the answers `recommend` gives with it against those it gives without. Its breadth (nprobe or
+    efSearch) doubles until that recall reaches INDEX_TARGET_RECALL (or the kind's maximum); the file keeps it."""
+    kind = index_kind(config.index, scorer.num_items)
+    if kind is None:
         return None, {"kind": "exact", "num_items": scorer.num_items}
     started = time.perf_counter()
-    index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:])
+    index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:], kind)
     built = time.perf_counter() - started
     recall = sampled_recall(
         scorer, index, cases.histories, config.max_len, exclude_history, config.seed, target=INDEX_TARGET_RECALL
     )
-    info = {
-        "kind": "hnsw",
-        "num_items": scorer.num_items,
-        **recall,
-        "build_seconds": round(built, 3),
-        "hnsw_neighbours": HNSW_NEIGHBOURS,
-    }
+    info = {"num_items": scorer.num_items, **recall, "build_seconds": round(built, 3)}
     if not keeps_index(config.index, recall["recall@10"]):
         # `auto` never trades answers for speed behind the user's back: exact scoring, and the reason recorded
         return None, {**info, "kind": "exact", "reason": f"index recall@10 below {INDEX_MIN_RECALL}: not kept"}
@@ -339,9 +334,9 @@ def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: boo
 
 
 def keeps_index(mode: str, recall: float) -> bool:
-    """Whether a built index is kept: always when asked for (`hnsw`); with `auto`, only if its answers agree with
+    """Whether a built index is kept: always when asked for (`ivf`, `hnsw`); with `auto`, only if its answers agree with
     exact ranking on validation users at least INDEX_MIN_RECALL of the time (NaN: no users to tell, kept)."""
-    return mode == "hnsw" or not recall < INDEX_MIN_RECALL
+    return mode != "auto" or not recall < INDEX_MIN_RECALL
 
 
 def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bigrec_cli.annindex import EF_SEARCH, INDEX_MIN_ITEMS, ItemIndex, wants_index
+from bigrec_cli.annindex import INDEX_MIN_ITEMS, START_BREADTH, ItemIndex, index_kind, num_lists
 from bigrec_cli.errors import ArtifactError
 from bigrec_cli.project import ProjectDir
 from tests.conftest import SAMPLE, invoke
@@ -17,10 +17,13 @@ def clustered(rng: np.random.Generator, items: int, dim: int, clusters: int = 20
     return (centres[rng.integers(0, clusters, items)] + 0.3 * rng.normal(size=(items, dim))).astype("float32")
 
 
-def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
+@pytest.mark.parametrize(("kind", "breadth"), [("ivf", 64), ("hnsw", 256)])
+def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path, kind, breadth):
     rng = np.random.default_rng(0)
     vectors, bias = clustered(rng, 20_000, 16), rng.normal(scale=2.0, size=20_000).astype("float32")
-    index = ItemIndex.build(vectors, bias)
+    index = ItemIndex.build(vectors, bias, kind)
+    index.breadth = breadth  # train widens it until validation recall reaches 0.98
+    assert index.kind == kind
     users = rng.normal(size=(200, 16)).astype("float32")
     exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
     found = index.candidates(users, np.full(len(users), 10))
@@ -33,15 +36,18 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
     plain = np.argsort(-(users @ vectors.T), axis=1)[:, :10]
     assert np.mean([len(np.intersect1d(plain[row], exact[row])) / 10 for row in range(len(users))]) < 0.9
     # written and read back (faiss' own format), then grown with new items that become findable
-    path = tmp_path / "items.hnsw"
+    path = tmp_path / "items.faiss"
     index.save(path)
     again = ItemIndex.load(path)
-    assert again.num_items == 20_000
+    assert again.num_items == 20_000 and again.kind == kind
     for mine, theirs in zip(again.candidates(users[:5], np.full(5, 10)), index.candidates(users[:5], np.full(5, 10))):
         np.testing.assert_array_equal(mine, theirs)
     # a new item along user 0's query [u, 1], as long as the longest indexed item: the best logit there can be
     query = np.append(users[0], 1.0)
-    point = 0.999 * again.radius * query / np.linalg.norm(query)
+    radius = float(np.sqrt((vectors.astype("float64") ** 2).sum(axis=1) + bias.astype("float64") ** 2).max())
+    if kind == "hnsw":
+        assert again.radius == pytest.approx(radius, rel=1e-5)  # every indexed point lies on that sphere
+    point = 0.999 * radius * query / np.linalg.norm(query)
     assert point @ query > (vectors @ users[0] + bias).max()
     again.extend(point[None, :16].astype("float32"), point[16:].astype("float32"))
     assert again.num_items == 20_001 and again.candidates(users[:1], np.ones(1))[0][0] == 20_000
@@ -50,29 +56,31 @@ def test_index_finds_the_exact_top_10_with_the_bias_folded_in(tmp_path):
         ItemIndex.load(path)
 
 
-def test_a_wider_search_finds_more_and_the_index_file_keeps_its_breadth(tmp_path):
+@pytest.mark.parametrize(("kind", "narrow", "wide"), [("ivf", 1, 128), ("hnsw", 10, 1024)])
+def test_a_wider_search_finds_more_and_the_index_file_keeps_its_breadth(tmp_path, kind, narrow, wide):
     rng = np.random.default_rng(1)
     vectors, bias = clustered(rng, 20_000, 16), rng.normal(scale=2.0, size=20_000).astype("float32")
     users = rng.normal(size=(300, 16)).astype("float32")
     exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
-    index = ItemIndex.build(vectors, bias)
-    assert index.ef_search == EF_SEARCH
+    index = ItemIndex.build(vectors, bias, kind)
+    assert index.breadth == START_BREADTH[kind]
 
     def recall() -> float:
         found = index.candidates(users, np.full(len(users), 10))
         return float(np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))]))
 
-    index.ef_search = 10
-    narrow = recall()
-    index.ef_search = 1024
-    assert recall() > narrow and recall() >= 0.99
-    index.save(tmp_path / "items.hnsw")
-    assert ItemIndex.load(tmp_path / "items.hnsw").ef_search == 1024
+    index.breadth = narrow
+    low = recall()
+    index.breadth = wide
+    assert recall() > low and recall() >= 0.99
+    index.save(tmp_path / "items.faiss")
+    assert ItemIndex.load(tmp_path / "items.faiss").breadth == wide
 
 
 def test_auto_indexes_large_catalogs_only():
-    assert not wants_index("auto", INDEX_MIN_ITEMS - 1) and wants_index("auto", INDEX_MIN_ITEMS)
-    assert wants_index("hnsw", 10) and not wants_index("exact", 10**7)
+    assert index_kind("auto", INDEX_MIN_ITEMS - 1) is None and index_kind("auto", INDEX_MIN_ITEMS) == "ivf"
+    assert index_kind("hnsw", 10) == "hnsw" and index_kind("ivf", 10) == "ivf" and index_kind("exact", 10**7) is None
+    assert num_lists(1_000_000) == 2_000 and num_lists(400) == 10  # 2·sqrt(N), at least 39 items a list
 
 
 def recommended(project, user: str, *extra: str) -> list[str]:
@@ -82,14 +90,14 @@ def recommended(project, user: str, *extra: str) -> list[str]:
 
 
 def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog(trained_copy):
-    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--index", "hnsw", "--json")
+    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--index", "ivf", "--json")
     assert result.exit_code == 0, result.stderr
     run_dir = trained_copy / "runs" / json.loads(result.stdout)["run_id"]
     metrics = json.loads((run_dir / "metrics.json").read_text())["index"]
-    assert metrics["kind"] == "hnsw" and metrics["recall@10"] == 1.0 and metrics["recall_cases"] > 0
-    # recall already at the target: the breadth train starts from is the one it keeps
-    assert metrics["ef_search"] == EF_SEARCH and metrics["recall@10_by_ef_search"] == {str(EF_SEARCH): 1.0}
-    assert "items.hnsw" in json.loads((run_dir / "manifest.json").read_text())["files"]  # checksummed
+    assert metrics["kind"] == "ivf" and metrics["recall@10"] == 1.0 and metrics["recall_cases"] > 0
+    # recall already at the target: the breadth train starts from (here every one of the 10 lists) is kept
+    assert metrics["breadth"] == 10 and metrics["recall@10_by_breadth"] == {"10": 1.0}
+    assert "items.faiss" in json.loads((run_dir / "manifest.json").read_text())["files"]  # checksummed
     for user in ("u0007", "u0100", "u0250"):
         assert recommended(trained_copy, user) == recommended(trained_copy, user, "--index", "exact")
     evaluation = invoke("evaluate", "--project-dir", str(trained_copy), "--no-baselines", "--json")
@@ -120,6 +128,13 @@ def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog
     assert recommender.index.num_items == recommender.scorer.num_items == 401
     answer = recommender.recommend("u0001", k=400)["items"]
     assert "n0001" in {item["item_id"] for item in answer}
+    # a run written before IVF names its index items.hnsw: still found
+    before = [recommended(trained_copy, user, "--index", "ivf") for user in ("u0007", "u0100")]
+    (run_dir / "items.faiss").rename(run_dir / "items.hnsw")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["files"]["items.hnsw"] = manifest["files"].pop("items.faiss")
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert [recommended(trained_copy, user, "--index", "hnsw") for user in ("u0007", "u0100")] == before
     # a damaged index is refused by name, like every other file of a run
     (run_dir / "items.hnsw").write_bytes(b"damaged")
     damaged = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007")
@@ -136,5 +151,5 @@ def test_auto_keeps_only_an_index_whose_answers_agree_with_exact_ranking():
 
     assert keeps_index("auto", 0.99) and keeps_index("auto", INDEX_MIN_RECALL)
     assert not keeps_index("auto", 0.44)  # answers missing most of the exact top 10: exact scoring instead
-    assert keeps_index("hnsw", 0.44)  # asked for: kept, its recall recorded in metrics.json
+    assert keeps_index("hnsw", 0.44) and keeps_index("ivf", 0.44)  # asked for: kept, recall in metrics.json
     assert keeps_index("auto", float("nan"))  # no validation users to measure it on
