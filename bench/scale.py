@@ -11,12 +11,15 @@ uniform jitter, event types are 80% view, 15% cart, 5% purchase, and each item's
 1,000-word vocabulary plus its category. numpy default_rng(seed 0) throughout. Each stage runs as its own
 `bigrec` process (the generic CLI, as a user would run it) and is timed by wall clock; its peak resident memory
 comes from the kernel's accounting of that process alone (`ru_maxrss` of RUSAGE_CHILDREN in a fresh wrapper).
-For `--workers 2` that is the largest single process among those the command started and reaped (Ray's workers
-included), not their sum. After preprocess, the result also records the shard count and the size of the written
-events; after extract, the items encoded per second (the vector cache is removed first, so every item is encoded);
-after train, the one epoch's seconds of training steps and of validation scoring (the run's history.json) and the
-training events per second (train split events / seconds of steps). A stage's entry replaces the one of the same
-name in the results file; the others stay.
+That covers the processes the command waited for; Ray's workers and actors are not among them, so every stage also
+samples, every 0.5 s (psutil), the resident memory of each process the command started, at any depth: the largest
+single process seen (`largest_process_rss_gib`, Ray's workers included) and the largest sum over all of them at
+one moment (`process_tree_rss_gib`; a sum of RSS counts memory the processes share, such as Ray's object store,
+once per process, so it overstates). After preprocess, the result also records the shard count and the size of
+the written events; after extract, the items encoded per second (the vector cache is removed first, so every
+item is encoded); after train, the one epoch's seconds of training steps and of validation scoring (the run's
+history.json) and the training events per second (train split events / seconds of steps). A stage's entry
+replaces the one of the same name in the results file; the others stay.
 Absolute times on 2 shared cores are noisy: run it more than once before comparing. Writes
 bench/results/scale-<events>.json.
 """
@@ -24,6 +27,7 @@ bench/results/scale-<events>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +46,7 @@ RESULTS = ROOT / "bench" / "results"
 PART_ROWS = 1_000_000
 TYPES = np.array(["view", "cart", "purchase"])
 TYPE_SHARES = np.array([0.80, 0.15, 0.05])
+SAMPLE_SECONDS = 0.5  # how often the RSS of every process of a stage is read
 
 
 def zipf_draw(rng: np.random.Generator, size: int, population: int, exponent: float = 1.1) -> np.ndarray:
@@ -96,15 +101,40 @@ MEASURE = (
 
 
 def stage(name: str, args: list[str], project: Path) -> dict:
-    """Run one `bigrec` stage as its own process; its wall time and peak RSS."""
+    """Run one `bigrec` stage as its own process; its wall time, its peak RSS, and the sampled RSS of every process
+    it started (Ray's workers and actors included)."""
+    import psutil
+
     env = {**os.environ, "BIGREC_PROJECT_DIR": str(project)}
     peak_file = project.parent / f".peak-{name}"
     started = time.perf_counter()
     command = [sys.executable, "-m", "bigrec_cli", *args]
-    subprocess.run([sys.executable, "-c", MEASURE, str(peak_file), *command], cwd=ROOT, env=env, check=True)
+    wrapper = subprocess.Popen([sys.executable, "-c", MEASURE, str(peak_file), *command], cwd=ROOT, env=env)
+    tree, largest, processes = 0, 0, set()
+    root = psutil.Process(wrapper.pid)
+    while wrapper.poll() is None:
+        total = 0
+        with contextlib.suppress(psutil.Error):
+            for process in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss = process.memory_info().rss
+                    total += rss
+                    largest = max(largest, rss)
+                    processes.add(process.pid)
+        tree = max(tree, total)
+        time.sleep(SAMPLE_SECONDS)
+    if wrapper.returncode:
+        raise subprocess.CalledProcessError(wrapper.returncode, command)
     seconds = time.perf_counter() - started
     peak_kib = int(peak_file.read_text())  # KiB on Linux
-    return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_kib / 2**20, 3)}
+    return {
+        "stage": name,
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(peak_kib / 2**20, 3),
+        "largest_process_rss_gib": round(largest / 2**30, 3),
+        "process_tree_rss_gib": round(tree / 2**30, 3),
+        "processes": len(processes),
+    }
 
 
 def written(project: Path) -> dict:
