@@ -12,7 +12,8 @@ uniform jitter, event types are 80% view, 15% cart, 5% purchase, and each item's
 `bigrec` process (the generic CLI, as a user would run it) and is timed by wall clock; its peak resident memory
 comes from the kernel's accounting of that process alone (`ru_maxrss` of RUSAGE_CHILDREN in a fresh wrapper).
 That covers the processes the command waited for; Ray's workers and actors are not among them, so every stage also
-samples, every 0.5 s (psutil), the resident memory of each process the command started, at any depth: the largest
+samples, every 0.5 s (psutil), the resident memory of each process the command started, at any depth (a process
+that detaches from its parent would be missed; Ray's local workers stay below it): the largest
 single process seen (`largest_process_rss_gib`, Ray's workers included) and the largest sum over all of them at
 one moment (`process_tree_rss_gib`; a sum of RSS counts memory the processes share, such as Ray's object store,
 once per process, so it overstates). After preprocess, the result also records the shard count and the size of
@@ -112,17 +113,22 @@ def stage(name: str, args: list[str], project: Path) -> dict:
     wrapper = subprocess.Popen([sys.executable, "-c", MEASURE, str(peak_file), *command], cwd=ROOT, env=env)
     tree, largest, processes = 0, 0, set()
     root = psutil.Process(wrapper.pid)
-    while wrapper.poll() is None:
-        total = 0
-        with contextlib.suppress(psutil.Error):
-            for process in root.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    rss = process.memory_info().rss
-                    total += rss
-                    largest = max(largest, rss)
-                    processes.add(process.pid)
-        tree = max(tree, total)
-        time.sleep(SAMPLE_SECONDS)
+    try:
+        while wrapper.poll() is None:
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                for process in root.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        rss = process.memory_info().rss
+                        total += rss
+                        largest = max(largest, rss)
+                        processes.add(process.pid)
+            tree = max(tree, total)
+            time.sleep(SAMPLE_SECONDS)
+    finally:
+        if wrapper.poll() is None:  # interrupted: the stage does not outlive the benchmark
+            wrapper.kill()
+            wrapper.wait()
     if wrapper.returncode:
         raise subprocess.CalledProcessError(wrapper.returncode, command)
     seconds = time.perf_counter() - started
