@@ -201,7 +201,7 @@ def main() -> None:
     from bigrec_cli.data import SPLIT_VALID, load_events
     from bigrec_cli.events import token_items
     from bigrec_cli.protocol import holdout_cases, indexed_events, left_pad
-    from bigrec_cli.recommend import exact_top, index_recall, index_top_k
+    from bigrec_cli.recommend import exact_top, index_recall, index_top_k, widen
     from bigrec_cli.train import INDEX_TARGET_RECALL
 
     project = trained_project()
@@ -223,11 +223,19 @@ def main() -> None:
         index.breadth = breadth
         recall[breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
         print(f"{annindex.BREADTH_NAME[index.kind]} {breadth}: recall@10 {recall[breadth]:.4f}", file=sys.stderr)
-    # what train keeps: from the kind's start, doubled until validation recall reaches INDEX_TARGET_RECALL
-    kept = annindex.START_BREADTH[options.kind]
-    while recall[kept] < INDEX_TARGET_RECALL and kept < BREADTHS[options.kind][-1]:
-        kept *= 2
-    index.breadth = kept
+    # what train keeps: its own ladder (recommend.widen) from the kind's start, on these validation users
+    index.breadth = annindex.START_BREADTH[options.kind]
+    ladder = widen(
+        index,
+        lambda: (
+            recall[index.breadth]
+            if index.breadth in recall
+            else index_recall(scorer, index, states, sequences, blocked, 10, best)
+        ),
+        INDEX_TARGET_RECALL,
+    )
+    recall.update(ladder)
+    kept = index.breadth
     queries = np.random.default_rng(1).integers(0, len(states), 500)
     timings: dict[str, list[float]] = {"index": [], "exact": []}
     for user in queries:  # alternate the two paths, so that both see the same machine
@@ -259,7 +267,7 @@ def main() -> None:
             "build_seconds": round(build_seconds, 1),
             "kind": options.kind,
             "breadth_name": annindex.BREADTH_NAME[options.kind],
-            "recall_at_10": {str(breadth): value for breadth, value in recall.items()},
+            "recall_at_10": {str(breadth): value for breadth, value in sorted(recall.items())},
             "breadth_kept": kept,
             "recall_at_10_kept": recall[kept],
             "construction": "copies" if options.copies else f"mixtures of {NEIGHBOURS + 1} real neighbours",

@@ -6,12 +6,13 @@ largest such products:
 
 - `ivf` (the default): an inverted file, IndexIVFFlat with inner product. k-means splits the items into lists; a
   query scans, exactly, the items of the `nprobe` lists whose centroids score highest. On a million items whose
-  vectors follow trained ones (bench/index.py) it reached recall@10 0.990 at nprobe 64, 0.44 ms a query on one
-  thread, built in 28 s.
+  vectors follow trained ones (bench/results/index-1000000.json) it reached recall@10 0.995 at nprobe 64, one
+  user's top 10 in 1.13 ms on one thread, built in 16.8 s.
 - `hnsw`: a graph, IndexHNSWFlat, built over the reduction of inner product to nearest neighbours of Bachrach et
   al. (2014) (each item gets one more coordinate, sqrt(R² − |x_j|²) with R the largest norm, so every item has norm
   R, the query gets 0 there, and |q − x_j|² = |q|² + R² − 2 q · x_j). On the same million items its greedy walk
-  needed efSearch 4096 for recall@10 0.975, 18 ms a query, built in 101 s: kept for catalogs where it does better.
+  needed efSearch 4096 for recall@10 0.975, 18 ms a query, built in 101 s (index-1000000-hnsw.json): kept for
+  catalogs where it does better.
 
 Below `INDEX_MIN_ITEMS` items one matrix product over the catalog takes a few milliseconds and stays exact; above
 it, the index proposes candidates, which the scorer then scores exactly (the item-to-item term and the rules
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bigrec_cli.config import INDEX_KINDS, INDEX_MODES
-from bigrec_cli.errors import ArtifactError, BigrecError
+from bigrec_cli.errors import ArtifactError, BigrecError, ConfigError
 
 INDEX_MIN_ITEMS = 50_000  # beyond this, one brute-force query costs more than ~10 ms on 2 cores (#15's figures)
 HNSW_NEIGHBOURS = 32  # M: graph degree
@@ -53,8 +54,15 @@ def _faiss():
 
 
 def index_kind(mode: str, num_items: int) -> str | None:
-    """The kind of index a run of `num_items` items gets under `mode` (auto: ivf from INDEX_MIN_ITEMS items on),
-    or None for exact scoring."""
+    """The kind of index a run gets.
+
+    Args:
+        mode: `auto` (ivf from INDEX_MIN_ITEMS items on), `ivf`, `hnsw` (that kind at any size) or `exact`.
+        num_items: The run's catalog size.
+
+    Returns:
+        `ivf`, `hnsw`, or None for exact scoring.
+    """
     if mode not in INDEX_MODES:
         raise BigrecError(f"unknown index mode {mode!r}", hint=f"use one of {', '.join(INDEX_MODES)}")
     if mode in INDEX_KINDS:
@@ -63,7 +71,8 @@ def index_kind(mode: str, num_items: int) -> str | None:
 
 
 def num_lists(num_items: int) -> int:
-    """IVF lists: about 2·sqrt(N) (2,000 at a million items), and at least 39 items per list for k-means."""
+    """The IVF lists for `num_items` items: about 2·sqrt(N) (2,000 at a million items), with at least 39 items a
+    list (k-means wants that many points per centroid), and at least one list."""
     return int(max(1, min(round(2 * np.sqrt(num_items)), num_items // 39)))
 
 
@@ -92,13 +101,18 @@ class ItemIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, bias: np.ndarray, kind: str = "ivf") -> "ItemIndex":
-        """Index items' output vectors (N, dim) and biases (N,)."""
+        """Index items' output vectors (N, dim) and biases (N,) in a faiss index of `kind` (`ivf` or `hnsw`), its
+        breadth at the kind's START_BREADTH."""
+        if kind not in INDEX_KINDS:
+            raise ConfigError(f"unknown index kind {kind!r}", hint=f"use one of {', '.join(INDEX_KINDS)}")
+        if not len(vectors):
+            raise ConfigError("an index needs items, and the catalog is empty", hint="use --index exact")
         faiss = _faiss()
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(vectors.shape[1] + 2, HNSW_NEIGHBOURS, faiss.METRIC_L2)
             index.hnsw.efConstruction = EF_CONSTRUCTION
             index.add(_rows(vectors, bias)[0])
-        elif kind == "ivf":
+        else:
             points = _points(vectors, bias)
             lists = num_lists(len(points))
             quantizer = faiss.IndexFlatIP(points.shape[1])
@@ -106,8 +120,6 @@ class ItemIndex:
             index.cp.seed = 0  # k-means draws its starting centroids with this seed: the same items, the same lists
             index.train(points)
             index.add(points)
-        else:
-            raise BigrecError(f"unknown index kind {kind!r}", hint=f"use one of {', '.join(INDEX_KINDS)}")
         built = cls(index)
         built.breadth = START_BREADTH[kind]
         return built
@@ -116,9 +128,14 @@ class ItemIndex:
     def load(cls, path: Path) -> "ItemIndex":
         faiss = _faiss()
         try:
-            return cls(faiss.read_index(str(path)))
+            loaded = cls(faiss.read_index(str(path)))
         except RuntimeError as error:
             raise ArtifactError(f"{path} is not a faiss index ({error})", hint="train again") from None
+        if loaded.kind == "hnsw" and loaded.breadth < START_BREADTH["hnsw"]:
+            # Runs written before the breadth was kept in the file hold faiss' default efSearch (16); they were
+            # searched at 256, which is where train starts.
+            loaded.breadth = START_BREADTH["hnsw"]
+        return loaded
 
     def save(self, path: Path) -> None:
         """Write the index beside `path`, then rename it into place."""
@@ -128,6 +145,7 @@ class ItemIndex:
 
     @property
     def kind(self) -> str:
+        """`hnsw` for a graph, `ivf` for an inverted file."""
         return "hnsw" if hasattr(self.index, "hnsw") else "ivf"
 
     @property
@@ -149,12 +167,15 @@ class ItemIndex:
 
     @property
     def max_breadth(self) -> int:
+        """The widest search train tries: MAX_BREADTH of the kind, and for IVF no more than its lists."""
         return MAX_BREADTH["hnsw"] if self.kind == "hnsw" else min(MAX_BREADTH["ivf"], int(self.index.nlist))
 
     @property
     def radius(self) -> float:
         """R (HNSW): every indexed item has this norm (read back from the first one, so the file needs nothing
-        else)."""
+        else). An IVF index has no such sphere."""
+        if self.kind != "hnsw":
+            raise BigrecError("an IVF index has no radius", hint="radius belongs to the HNSW reduction")
         return float(np.linalg.norm(self.index.reconstruct(0))) if self.num_items else 1.0
 
     def extend(self, vectors: np.ndarray, bias: np.ndarray) -> None:

@@ -127,7 +127,8 @@ def read_json_lines(path: Path) -> list[Any]:
 
 
 def run_index_path(run_dir: Path) -> Path:
-    """The run's approximate index file (under its earlier name in older runs); it may not exist."""
+    """The path of a run's approximate index: `items.faiss`, or `items.hnsw` in a run written before IVF indexes
+    (whichever exists; `items.faiss` when neither does, so the caller can tell the run has none)."""
     before = run_dir / RUN_INDEX_BEFORE
     return before if before.exists() and not (run_dir / RUN_INDEX).exists() else run_dir / RUN_INDEX
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +153,16 @@ def exact_top(
     k: int = 10,
     chunk_cells: int = 2**25,
 ) -> list[np.ndarray]:
-    """Each user's exact top k item columns among the items the user may get (unordered). Users are ranked in
-    chunks of about `chunk_cells` logits, never all at once."""
+    """Each user's exact top k item columns among the items the user may get (unordered).
+
+    Args:
+        scorer: The run's scorer.
+        states: (users, dim) the users' LSTM states.
+        sequences: (users, max_len) their padded token sequences (for the item-to-item term).
+        blocked: Each user's item columns left out of the ranking.
+        k: How many.
+        chunk_cells: Users are ranked in chunks of about this many logits, never all at once.
+    """
     tops: list[np.ndarray] = []
     step = max(1, chunk_cells // max(scorer.num_items, 1))
     for start in range(0, len(states), step):
@@ -203,9 +212,15 @@ def sampled_recall(
 ) -> dict:
     """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories.
 
-    With a `target`, the index's breadth (nprobe or efSearch) doubles, up to its maximum, until its recall reaches
-    it, and stays at the breadth reached: a larger catalog, or one whose best items are harder to reach, searches
-    more widely.
+    Args:
+        scorer: The run's scorer.
+        index: Its index; with a `target`, left at the breadth reached.
+        histories: The users' token sequences.
+        max_len: Steps the LSTM reads.
+        exclude_history: Whether history items are left out of the ranking.
+        seed: Seeds the choice of users.
+        sample: At most this many users.
+        target: Widen the index (see `widen`) until its recall reaches this; None: measure it as it is.
     """
     rows = sorted(np.random.default_rng([seed, 11]).permutation(len(histories))[:sample])
     chosen = [histories[row] for row in rows]
@@ -214,10 +229,7 @@ def sampled_recall(
     empty = np.zeros(0, dtype="int64")
     blocked = [token_items(history) - 1 if exclude_history else empty for history in chosen]
     best = exact_top(scorer, states, sequences, blocked, 10)
-    tried = {index.breadth: index_recall(scorer, index, states, sequences, blocked, 10, best)}
-    while target is not None and tried[index.breadth] < target and index.breadth < index.max_breadth:
-        index.breadth = min(2 * index.breadth, index.max_breadth)
-        tried[index.breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
+    tried = widen(index, lambda: index_recall(scorer, index, states, sequences, blocked, 10, best), target)
     return {
         "kind": index.kind,
         "recall@10": tried[index.breadth],
@@ -226,6 +238,18 @@ def sampled_recall(
         "breadth_name": BREADTH_NAME[index.kind],
         "recall@10_by_breadth": {str(breadth): recall for breadth, recall in tried.items()},
     }
+
+
+def widen(index: ItemIndex, recall_of: Callable[[], float], target: float | None) -> dict[int, float]:
+    """Double the index's breadth (nprobe or efSearch; the last step clipped to its maximum) until `recall_of()`
+    reaches `target` or the breadth its maximum, and leave it there: a larger catalog, or one whose best items are
+    harder to reach, searches more widely. Returns the recall at each breadth tried, in order; with no target, at
+    the breadth as it is. A NaN recall (no users to tell) stops at once."""
+    tried = {index.breadth: recall_of()}
+    while target is not None and tried[index.breadth] < target and index.breadth < index.max_breadth:
+        index.breadth = min(2 * index.breadth, index.max_breadth)
+        tried[index.breadth] = recall_of()
+    return tried
 
 
 class Recommender:
@@ -281,6 +305,11 @@ class Recommender:
                 hint="train with --index ivf (or hnsw), or recommend with --index auto/exact",
             )
         index = ItemIndex.load(path)
+        if mode not in ("auto", index.kind):
+            raise NotTrainedError(
+                f"run {self.run.run_id} has an {index.kind} index, not {mode}",
+                hint=f"use --index auto or {index.kind}, or train with --index {mode}",
+            )
         if index.num_items > self.scorer.num_items:
             raise NotTrainedError(f"{path} indexes more items than the run has", hint="train again")
         added = slice(index.num_items + 1, self.scorer.num_items + 1)

@@ -35,7 +35,7 @@ from bigrec_cli.vectors import load_item_vectors
 
 FINE_TUNE_MAX_TOKENS = 64
 INDEX_MIN_RECALL = 0.95  # `--index auto` keeps an index whose answers match exact ranking at least this often
-INDEX_TARGET_RECALL = 0.98  # the index searches more widely (efSearch) until validation recall reaches this
+INDEX_TARGET_RECALL = 0.98  # the index widens its search (nprobe or efSearch) until validation recall reaches this
 RUN_ROOM_BYTES = 16 * 2**20  # disk a run needs beyond its item arrays (JSON files, the item-to-item term)
 
 
@@ -303,9 +303,15 @@ def choose_item_item(
 
 
 def users_share(sequences: dict[str, np.ndarray], share: float, seed: int) -> dict[str, np.ndarray]:
-    """The sequences of a seeded `share` of the users, chosen by a hash of the user id (so the same users whatever
-    the order of the data); all of them when `share` is 1."""
-    if share >= 1:
+    """The sequences of a seeded share of the users.
+
+    Args:
+        sequences: Each user's training tokens.
+        share: In (0, 1]: the share of users kept, chosen by a hash of the seed and the user id, so the same users
+            whatever the order of the data; 1 keeps them all.
+        seed: Another seed, other users.
+    """
+    if share == 1:
         return sequences
     if not 0 < share < 1:
         raise ConfigError(f"a share of users must lie in (0, 1], not {share}", hint="pass a share such as 0.4")

@@ -213,7 +213,7 @@ def screening_share(project: ProjectDir) -> float:
     configuration in use among them, sees the same users, and validation, the item-to-item term and the cold boost
     see all of them."""
     num_train = read_json(project.data_meta_path).get("num_train", 0)
-    return 1.0 if num_train <= SCREEN_EVENTS else round(SCREEN_EVENTS / num_train, 4)
+    return 1.0 if num_train <= SCREEN_EVENTS else SCREEN_EVENTS / num_train
 
 
 def trial_record(trial) -> dict:

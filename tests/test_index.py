@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from bigrec_cli.annindex import INDEX_MIN_ITEMS, START_BREADTH, ItemIndex, index_kind, num_lists
-from bigrec_cli.errors import ArtifactError
+from bigrec_cli.errors import ArtifactError, ConfigError
 from bigrec_cli.project import ProjectDir
+from bigrec_cli.recommend import widen
 from tests.conftest import SAMPLE, invoke
 
 
@@ -77,6 +78,46 @@ def test_a_wider_search_finds_more_and_the_index_file_keeps_its_breadth(tmp_path
     assert ItemIndex.load(tmp_path / "items.faiss").breadth == wide
 
 
+def test_an_hnsw_file_written_before_breadths_were_kept_searches_as_it_did(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors, bias = clustered(rng, 2_000, 8), rng.normal(size=2_000).astype("float32")
+    index = ItemIndex.build(vectors, bias, "hnsw")
+    index.index.hnsw.efSearch = 16  # what such files hold: faiss' default; they were searched at 256
+    index.save(tmp_path / "items.hnsw")
+    assert ItemIndex.load(tmp_path / "items.hnsw").breadth == START_BREADTH["hnsw"]
+
+
+def test_widening_doubles_the_breadth_until_recall_reaches_the_target():
+    rng = np.random.default_rng(3)
+    vectors, bias = clustered(rng, 20_000, 16), rng.normal(scale=2.0, size=20_000).astype("float32")
+    users = rng.normal(size=(200, 16)).astype("float32")
+    exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
+    index = ItemIndex.build(vectors, bias, "ivf")
+    assert index.index.nlist == num_lists(20_000) == 283 and index.max_breadth == 283
+
+    def recall() -> float:
+        found = index.candidates(users, np.full(len(users), 10))
+        return float(np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))]))
+
+    tried = widen(index, recall, target=0.99)
+    breadths = list(tried)
+    assert breadths[0] == START_BREADTH["ivf"] and all(b == 2 * a for a, b in zip(breadths, breadths[1:]))
+    assert tried[breadths[-1]] >= 0.99 and all(value < 0.99 for value in list(tried.values())[:-1])
+    assert index.breadth == breadths[-1], "the index stays at the breadth reached"
+    # a target no breadth reaches: doubled up to the number of lists, the last step clipped (256 -> 283)
+    index.breadth = START_BREADTH["ivf"]
+    assert list(widen(index, recall, target=1.01)) == [16, 32, 64, 128, 256, 283] and index.breadth == 283
+    assert list(widen(index, lambda: float("nan"), target=0.98)) == [283], "nothing to tell: no widening"
+    assert list(widen(index, recall, target=None)) == [283]
+
+
+def test_an_index_needs_a_known_kind_and_items():
+    with pytest.raises(ConfigError, match="unknown index kind"):
+        ItemIndex.build(np.zeros((5, 2), "float32"), np.zeros(5, "float32"), "annoy")
+    with pytest.raises(ConfigError, match="catalog is empty"):
+        ItemIndex.build(np.zeros((0, 2), "float32"), np.zeros(0, "float32"))
+
+
 def test_auto_indexes_large_catalogs_only():
     assert index_kind("auto", INDEX_MIN_ITEMS - 1) is None and index_kind("auto", INDEX_MIN_ITEMS) == "ivf"
     assert index_kind("hnsw", 10) == "hnsw" and index_kind("ivf", 10) == "ivf" and index_kind("exact", 10**7) is None
@@ -134,7 +175,10 @@ def test_a_run_with_an_index_answers_as_exact_ranking_and_grows_with_the_catalog
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["files"]["items.hnsw"] = manifest["files"].pop("items.faiss")
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    assert [recommended(trained_copy, user, "--index", "hnsw") for user in ("u0007", "u0100")] == before
+    assert [recommended(trained_copy, user, "--index", "ivf") for user in ("u0007", "u0100")] == before
+    # asking for the other kind is refused, not quietly answered by this one
+    other = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007", "--index", "hnsw")
+    assert other.exit_code == 1 and "has an ivf index, not hnsw" in other.stderr
     # a damaged index is refused by name, like every other file of a run
     (run_dir / "items.hnsw").write_bytes(b"damaged")
     damaged = invoke("recommend", "--project-dir", str(trained_copy), "--user", "u0007")
