@@ -29,6 +29,8 @@ from bigrec_cli.project import ProjectDir
 
 STORE_ENV = "BIGREC_STORE"  # the store's URL when `--store` is not given: every command and server worker reads it
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# The most ids one `IN (…)` query names (SQLite before 3.32 allows 999 parameters a statement).
+IDS_PER_QUERY = 500
 # Page cache of each thread's read connection (SQLite's default is 2 MiB). A server keeps one per worker thread (up
 # to 40) and each request reads one user's rows through an index, so a small cache bounds memory at no cost.
 READER_CACHE_KIB = 256
@@ -241,6 +243,7 @@ def ingest(
     source: str,
     all_or_nothing: bool = False,
     busy_timeout: float = 60.0,
+    store: "FeedbackStore | None" = None,
 ) -> IngestSummary:
     """Validate rows, store the valid ones in one transaction, and log the rejected ones.
 
@@ -252,17 +255,24 @@ def ingest(
         source: Where the rows come from, for the store and the rejects log.
         all_or_nothing: One bad row stores nothing (HTTP); otherwise rejected rows go to `feedback.rejects.jsonl`.
         busy_timeout: Seconds to wait for another writer before raising StoreBusyError.
+        store: The project's store, kept open by a caller that writes often (the server; its own busy timeout
+            applies); default: opened for this call and closed after it.
     """
     project.require_data()
-    store = open_store(project, busy_timeout=busy_timeout)
-    return store.ingest_rows(
-        list(rows),
-        source=source,
-        known_items=catalog_item_ids(project),
-        rejects_path=None if all_or_nothing else project.rejects_path,
-        all_or_nothing=all_or_nothing,
-        policy=event_policy(project),
-    )
+    opened = store is None
+    store = open_store(project, busy_timeout=busy_timeout) if store is None else store
+    try:
+        return store.ingest_rows(
+            list(rows),
+            source=source,
+            known_items=catalog_item_ids(project),
+            rejects_path=None if all_or_nothing else project.rejects_path,
+            all_or_nothing=all_or_nothing,
+            policy=event_policy(project),
+        )
+    finally:
+        if opened:
+            store.close()
 
 
 def store_url(project: ProjectDir) -> str | None:
@@ -306,6 +316,23 @@ def nobody_writes(path: Path) -> bool:
         return False
 
 
+_write_locks: dict[tuple[int, str], threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(path: str) -> threading.Lock:
+    """The lock this process's writers of one SQLite file (its real path) take turns on; a forked child gets its own.
+
+    A writer that finds SQLite's write lock taken sleeps in SQLite's busy handler, 1, 2, 5, 10, 15, 20, 25 ms and on
+    between tries, however soon the lock is free: with two threads posting one event at a time, a writer's BEGIN
+    waited up to 55 ms behind transactions of about 1 ms. Waiting here instead, it starts the moment the other
+    commits. Writers in other processes still meet SQLite's lock and its busy timeout.
+    """
+    key = (os.getpid(), path)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.Lock())
+
+
 def rollback_quietly(connection: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open, without hiding the error that caused it."""
     if connection.in_transaction:
@@ -318,8 +345,13 @@ def rollback_quietly(connection: sqlite3.Connection) -> None:
 class FeedbackStore:
     """Feedback events and new items in one SQLite file.
 
+    The write connection is opened (and the schema migrated) at the first write and kept for the next ones, until
+    `close`, an SQLite error, or the file being replaced.
+
     Args:
         path: The database file; created with its schema on first write.
+        busy_timeout: Seconds a write waits for another writer before raising StoreBusyError: for one of this
+            process (see `write_lock`), then for one of another process.
     """
 
     def __init__(self, path: Path, busy_timeout: float = 60.0) -> None:
@@ -328,14 +360,27 @@ class FeedbackStore:
         self._readers = threading.local()
         self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self._real_path = os.path.realpath(path)
+        self._writer: sqlite3.Connection | None = None
+        self._writer_file: tuple[int, int, int] | None = None  # process id, device and inode it was opened on
 
     def close(self) -> None:
-        """Close every reader connection this store opened (a swapped-out server model calls it)."""
+        """Close every connection this store opened (a swapped-out server model calls it)."""
         with self._lock:
             connections, self._open = self._open, []
         for _, connection in connections:
             connection.close()
         self._readers = threading.local()
+        if self._writer is not None:
+            with write_lock(self._real_path):
+                self._close_writer()
+
+    def busy_error(self) -> StoreBusyError:
+        """The error of a write that waited `busy_timeout` for another writer."""
+        return StoreBusyError(
+            f"{self.path} is locked by another writer (waited {self.busy_timeout:g} s)",
+            hint="retry shortly; a long-running ingest-feedback or retrain may hold it",
+        )
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -345,10 +390,7 @@ class FeedbackStore:
         except sqlite3.OperationalError as error:
             text = str(error)
             if "locked" in text or "busy" in text:
-                raise StoreBusyError(
-                    f"{self.path} is locked by another writer (waited {self.busy_timeout:g} s)",
-                    hint="retry shortly; a long-running ingest-feedback or retrain may hold it",
-                ) from None
+                raise self.busy_error() from None
             if "readonly" in text or "read-only" in text:
                 raise ArtifactError(
                     f"{self.path} cannot be written: {text}", hint="check the project's permissions"
@@ -373,7 +415,9 @@ class FeedbackStore:
 
     def connect(self) -> sqlite3.Connection:
         """Open the database in WAL mode, waiting for other writers instead of failing."""
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        connection = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
         connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
@@ -434,18 +478,51 @@ class FeedbackStore:
     def transaction(self) -> Iterator[Any]:
         """Yield a connection inside a write transaction, the only writer until it ends; commit when the block
         succeeds, roll back when it raises."""
-        connection = self.connect()
+        lock = write_lock(self._real_path)
+        if not lock.acquire(timeout=self.busy_timeout):
+            raise self.busy_error()
         try:
-            self.migrate(connection)
-            connection.execute("BEGIN IMMEDIATE")
+            connection = self._writing_connection()
             try:
+                connection.execute("BEGIN IMMEDIATE")
                 yield connection
                 connection.execute("COMMIT")
-            except BaseException:
+            except BaseException as error:
                 rollback_quietly(connection)  # SQLite may have rolled back already (disk full): keep the real error
+                if isinstance(error, sqlite3.Error) or connection.in_transaction:
+                    self._close_writer()  # the next write starts from a fresh connection
                 raise
         finally:
-            connection.close()
+            lock.release()
+
+    def _writing_connection(self) -> sqlite3.Connection:
+        """The kept write connection (under the write lock): opened and migrated when there is none, or when the
+        file it was opened on has been deleted or replaced since. A forked child never uses its parent's."""
+        identity = self._file_identity()
+        if self._writer is not None and identity != self._writer_file:
+            self._close_writer()
+        if self._writer is None:
+            connection = self.connect()
+            try:
+                self.migrate(connection)
+            except BaseException:
+                connection.close()
+                raise
+            self._writer, self._writer_file = connection, self._file_identity()
+        return self._writer
+
+    def _file_identity(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return os.getpid(), stat.st_dev, stat.st_ino
+
+    def _close_writer(self) -> None:
+        writer, opened_on = self._writer, self._writer_file
+        self._writer = self._writer_file = None
+        if writer is not None and opened_on is not None and opened_on[0] == os.getpid():
+            writer.close()  # a connection opened before a fork is only dropped: SQLite forbids closing it after
 
     def sql(self, statement: str) -> str:
         """A statement written in SQLite's dialect, in this store's."""
@@ -462,7 +539,8 @@ class FeedbackStore:
     ) -> None:
         try:
             with self.transaction() as connection:
-                stored_items = {item for (item,) in connection.execute("SELECT item_id FROM items")}
+                unknown = sorted({event.item_id for _, event in parsed if event.item_id not in known_items})
+                stored_items = self._stored_items(connection, unknown)
                 for row, event in parsed:
                     is_new_item = event.item_id not in known_items and event.item_id not in stored_items
                     if is_new_item and not event.text:
@@ -485,6 +563,15 @@ class FeedbackStore:
                         summary.num_duplicates += 1
         except _Abort:
             summary.num_accepted = summary.num_duplicates = summary.num_new_items = 0
+
+    def _stored_items(self, connection: Any, item_ids: list[str]) -> set[str]:
+        """Which of these items earlier feedback stored (the question costs nothing when all are in the catalog)."""
+        stored: set[str] = set()
+        for start in range(0, len(item_ids), IDS_PER_QUERY):
+            chunk = item_ids[start : start + IDS_PER_QUERY]
+            query = f"SELECT item_id FROM items WHERE item_id IN ({', '.join('?' * len(chunk))})"
+            stored.update(item for (item,) in connection.execute(self.sql(query), chunk))
+        return stored
 
     def _read(self, query: str, parameters: tuple = ()) -> list[tuple]:
         if not self.exists():

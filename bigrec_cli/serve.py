@@ -323,6 +323,7 @@ def create_app(
     allowed_hosts: set[str] | None = None,
     allowed_origins: set[str] | None = None,
     check_store: Callable[[], None] | None = None,
+    close_store: Callable[[], None] | None = None,
     access_log: str | None = None,
 ) -> FastAPI:
     """Build the ASGI app from what it needs; `project_app` wires these to a project directory.
@@ -340,6 +341,7 @@ def create_app(
         allowed_hosts: Host header names to answer (DNS rebinding); None answers any.
         allowed_origins: Origins allowed to POST across sites; a browser's cross-origin write is refused otherwise.
         check_store: Raises when the feedback store is unusable; /health reports it.
+        close_store: Releases the feedback store's connections when the app shuts down.
         access_log: A file to append one JSON line per request to, `-` for stderr; None: no access log.
     """
     import swagger_ui_bundle
@@ -355,6 +357,8 @@ def create_app(
         yield
         watcher.stop()
         telemetry.close()
+        if close_store is not None:
+            close_store()
 
     app = FastAPI(
         title="bigrec",
@@ -524,16 +528,26 @@ def project_app(
             recommender.warm(warm_users)
         return recommender
 
+    # One writer for the app's life: its connection stays open between requests, so a POST pays no connect and no
+    # migration check (which took SQLite's write lock once more).
+    writer = open_store(project, busy_timeout=HTTP_BUSY_TIMEOUT)
+
     def store(rows: list[Row]) -> IngestSummary:
-        return ingest(project, rows, source="http", all_or_nothing=True, busy_timeout=HTTP_BUSY_TIMEOUT)
+        return ingest(project, rows, source="http", all_or_nothing=True, store=writer)
 
     feedback_store = open_store(project)
+
+    def close_stores() -> None:
+        writer.close()
+        feedback_store.close()
+
     return create_app(
         load=load,
         generation=project_generation(project),
         ingest=store,
         token=token,
         check_store=feedback_store.check,
+        close_store=close_stores,
         **options,
     )
 

@@ -69,3 +69,87 @@ def test_ingest_before_preprocess_says_what_to_run(project, tmp_path):
     feedback.write_text("user_id,item_id\nu1,i0001\n")
     result = invoke("ingest-feedback", str(feedback))
     assert result.exit_code == 1 and "bigrec preprocess" in result.stderr
+
+
+def test_writers_in_one_process_take_turns_without_sleeping(preprocessed):
+    """A second writer starts the moment the first commits: SQLite's busy handler, which the lock replaces, would
+    sleep on (its tries come 128, 178, 228, 328 ms after the wait began) and start about 0.1 s late here."""
+    import threading
+    import time
+
+    from bigrec_cli.feedback import FeedbackStore
+
+    database = preprocessed / "feedback.sqlite3"
+    first, second = FeedbackStore(database), FeedbackStore(database)
+    holding, times = threading.Event(), {}
+
+    def hold() -> None:
+        with first.transaction() as connection:
+            connection.execute("INSERT INTO items VALUES ('held', 'Held', 'Held', 0)")
+            holding.set()
+            time.sleep(0.235)
+        times["released"] = time.monotonic()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    with second.transaction() as connection:
+        times["began"] = time.monotonic()
+        connection.execute("INSERT INTO items VALUES ('next', 'Next', 'Next', 0)")
+    holder.join()
+    assert 0 <= times["began"] - times["released"] < 0.05, times
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 2
+    first.close()
+    second.close()
+
+
+def test_a_writer_of_this_process_past_the_busy_timeout_is_store_busy(preprocessed):
+    import threading
+    import time
+
+    from bigrec_cli.errors import StoreBusyError
+    from bigrec_cli.feedback import FeedbackStore
+
+    database = preprocessed / "feedback.sqlite3"
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with FeedbackStore(database).transaction():
+            holding.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    waiting = FeedbackStore(database, busy_timeout=0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreBusyError, match="locked by another writer"):
+            with waiting.errors(), waiting.transaction():
+                pass
+        assert time.monotonic() - started < 2
+    finally:
+        done.set()
+        holder.join()
+
+
+def test_a_kept_write_connection_follows_the_file_when_it_is_deleted(preprocessed):
+    """The store keeps its write connection between writes; a deleted store file must not swallow the next event
+    into the unlinked inode."""
+    from bigrec_cli.feedback import open_store, rows_from_objects
+    from bigrec_cli.project import ProjectDir
+
+    store = open_store(ProjectDir(preprocessed))
+
+    def write(event_id: str) -> int:
+        rows = rows_from_objects([{"user_id": "u0001", "item_id": "i0001", "event_id": event_id}])
+        return store.ingest_rows(rows, source="test", known_items={"i0001"}, rejects_path=None).num_accepted
+
+    assert write("a") == 1 and write("b") == 1 and write("a") == 0
+    assert count_events(preprocessed) == 2
+    for suffix in ("", "-wal", "-shm"):
+        (preprocessed / f"feedback.sqlite3{suffix}").unlink(missing_ok=True)
+    assert write("c") == 1
+    assert count_events(preprocessed) == 1
+    store.close()

@@ -67,6 +67,43 @@ def test_feedback_over_http_changes_the_next_answer(client, trained_copy):
     assert (again["num_accepted"], again["num_duplicates"]) == (0, 4)
 
 
+def test_parallel_feedback_is_stored_once_and_counts_in_the_next_answer(client, trained_copy):
+    """Posters in parallel threads take turns on the app's one kept write connection: each event is stored once by
+    its id (a retried POST is a duplicate), a batch with a bad event stores none of its events, and each user's
+    next answer already counts the event (its item, now seen, is left out)."""
+    import threading
+
+    from bigrec_cli.feedback import FeedbackStore
+
+    failures = []
+
+    def post_and_read(user: str) -> None:
+        for number in range(5):
+            top = client.get("/recommend", params={"user": user}).json()["items"][0]["item_id"]
+            event = [{"user_id": user, "item_id": top, "event_id": f"e{number}"}]
+            answers = [client.post("/feedback", json=event) for _ in range(2)]
+            counts = [(answer.status_code, answer.json().get("num_accepted")) for answer in answers]
+            if counts != [(200, 1), (200, 0)] or answers[1].json()["num_duplicates"] != 1:
+                failures.append(f"{user}: {counts}")
+            after = client.get("/recommend", params={"user": user}).json()
+            if top in {item["item_id"] for item in after["items"]}:
+                failures.append(f"{user}: {top} recommended right after it was posted")
+        batch = [{"user_id": user, "item_id": "i0001", "event_id": "x"}, {"user_id": user, "item_id": "no-such-item"}]
+        if client.post("/feedback", json=batch).status_code != 422:
+            failures.append(f"{user}: a batch with a bad event was not refused")
+
+    users = ["u0007", "u0047", "u0101", "u0225"]
+    threads = [threading.Thread(target=post_and_read, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    stored = FeedbackStore(ProjectDir(trained_copy).feedback_db).events_frame()
+    assert len(stored) == 5 * len(users) and stored["event_id"].is_unique
+    assert sorted(stored["user_id"].unique()) == users
+
+
 def test_wrong_or_missing_token_is_401(client):
     assert client.get("/recommend", params={"user": "u1"}, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/recommend", params={"user": "u1"}, headers={"Authorization": ""}).status_code == 401
