@@ -214,6 +214,12 @@ def test_metrics_of_two_worker_processes_add_up(trained_project, tmp_path):
             assert get(f"{base}/recommend?user=u{sent % 100:04d}&k=3", TOKEN)[0] == 200
             sent += 1
             per_worker = recommends_per_worker(folder)
+        # A request is counted once its last byte is sent, so the client may read the answer a moment before
+        # the count lands: wait for the last ones, never for more than a few seconds.
+        settle = time.time() + 10
+        while sum(per_worker.values()) < sent and time.time() < settle:
+            time.sleep(0.05)
+            per_worker = recommends_per_worker(folder)
         assert len(per_worker) == 2 and sum(per_worker.values()) == sent, per_worker
         for _ in range(6):  # each scrape on its own connection, answered by either worker: always the sum of both
             status, text = get(f"{base}/metrics", TOKEN)
