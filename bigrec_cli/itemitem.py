@@ -34,6 +34,7 @@ from bigrec_cli.vectors import load_arrays, save_arrays
 
 EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, cosine ItemKNN (sparse) instead
 NEIGHBOURS = 200
+COSINE_BLOCK_CELLS = 2**25  # similarities ItemKNN computes at once (128 MiB of float32)
 EASE_L2_GRID = (20.0, 50.0, 200.0, 500.0, 2000.0)
 ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0)  # × (std of LSTM logits / std of the term)
 DECAY_GRID = (1.0, 0.97, 0.93, 0.9, 0.85, 0.8)  # per step of age; 1: every history item counts the same
@@ -189,27 +190,37 @@ def top_neighbours(weights: np.ndarray, neighbours: int) -> sparse.csr_matrix:
     )
 
 
-def cosine_neighbours(train: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
-    """Cosine similarity between item columns, each item's `neighbours` most similar kept (sparse throughout)."""
+def cosine_neighbours(
+    train: sparse.csr_matrix, neighbours: int, block_cells: int = COSINE_BLOCK_CELLS
+) -> sparse.csr_matrix:
+    """Cosine similarity between item columns, each item's `neighbours` most similar kept.
+
+    Items are taken in blocks of rows: a block's similarities to every item are one dense array of about
+    `block_cells` values, cut to each row's top `neighbours` at once, so memory stays bounded whatever the catalog
+    (the whole items × items product of 100,000 synthetic items with Zipf popularity held 7.3 billion non-zero
+    entries, 54.6 GiB of indices alone).
+    """
     from sklearn.preprocessing import normalize
 
-    columns = normalize(train.T.tocsr().astype("float32"), norm="l2", axis=1)
-    similarity = (columns @ columns.T).tocsr()
-    similarity.setdiag(0.0)
-    similarity.eliminate_zeros()
-    rows, cols, values = [], [], []
-    for row in range(similarity.shape[0]):
-        start, stop = similarity.indptr[row], similarity.indptr[row + 1]
-        data, indices = similarity.data[start:stop], similarity.indices[start:stop]
-        if len(data) > neighbours:
-            keep = np.argpartition(-data, neighbours - 1)[:neighbours]
-            data, indices = data[keep], indices[keep]
-        rows.append(np.full(len(data), row + 1))
-        cols.append(indices + 1)
-        values.append(data)
-    size = train.shape[1] + 1
-    if not rows:
+    columns = normalize(train.T.tocsr().astype("float32"), norm="l2", axis=1)  # items × users, unit rows
+    num_items = columns.shape[0]
+    size = num_items + 1
+    if num_items < 2 or neighbours < 1:
         return sparse.csr_matrix((size, size), dtype="float32")
+    others = columns.T.tocsc()
+    keep = min(neighbours, num_items - 1)
+    step = max(1, block_cells // num_items)
+    rows, cols, values = [], [], []
+    for start in range(0, num_items, step):
+        stop = min(start + step, num_items)
+        block = np.asarray((columns[start:stop] @ others).todense(), dtype="float32")
+        block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
+        top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+        picked = np.take_along_axis(block, top, axis=1)
+        positive = picked > 0
+        rows.append(np.repeat(np.arange(start + 1, stop + 1), keep)[positive.ravel()])
+        cols.append(top[positive] + 1)
+        values.append(picked[positive])
     return sparse.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(size, size), dtype="float32"
     )

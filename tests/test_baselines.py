@@ -33,3 +33,26 @@ def test_ease_closed_form(matrix):
     np.fill_diagonal(expected, 0.0)
     assert np.allclose(model.weights_, expected)
     assert np.allclose(np.diag(model.weights_), 0.0)
+
+
+def test_cosine_neighbours_in_blocks_equal_the_whole_product_computed_by_hand():
+    from scipy import sparse
+
+    from bigrec_cli.itemitem import cosine_neighbours
+
+    rng = np.random.default_rng(4)
+    dense = (rng.random((300, 120)) < 0.08) * rng.uniform(0.5, 2.0, size=(300, 120))  # users × items, no ties
+    dense[:, 7] = 0.0  # an item nobody had: no neighbours, and nobody's neighbour
+    norms = np.linalg.norm(dense, axis=0)
+    unit = dense / np.where(norms > 0, norms, 1.0)
+    expected = unit.T @ unit
+    np.fill_diagonal(expected, 0.0)
+    for block_cells in (120 * 7, 2**25):  # 7 items a block (18 blocks, the last short), and all in one
+        found = cosine_neighbours(sparse.csr_matrix(dense), neighbours=5, block_cells=block_cells).toarray()
+        assert found.shape == (121, 121) and not found[0].any() and not found[:, 0].any()  # row/column 0: padding
+        for item in range(120):
+            row = expected[item]
+            best = set(np.argsort(-row)[:5][row[np.argsort(-row)[:5]] > 0])
+            assert set(np.flatnonzero(found[item + 1]) - 1) == best, item
+            np.testing.assert_allclose(found[item + 1, [b + 1 for b in best]], row[list(best)], rtol=1e-5)
+        assert not found[8].any() and not found[:, 8].any()
