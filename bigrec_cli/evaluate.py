@@ -145,9 +145,10 @@ def evaluate(
     ranks = {"bigrec": scorer_ranks(scorer, cases, max_len, exclude_history=exclude)}
     report.update(ranking_report(ranks["bigrec"], cutoffs))
     report.update(sampled_classification(scorer, cases, max_len, num_negatives, seed))
-    if run_index_path(run.directory).exists():
+    index_path = run_index_path(run.directory)
+    if index_path.exists():
         # Ranking above stays exact; this is how often the index's answers (what recommend and serve give) agree.
-        index = ItemIndex.load(run_index_path(run.directory))
+        index = ItemIndex.load(index_path)
         report["index"] = sampled_recall(scorer, index, cases.histories, max_len, exclude, seed)
     report["protocol"] = {
         "split": PROTOCOL if exclude else PROTOCOL.replace("with the user's history excluded", "history items allowed"),

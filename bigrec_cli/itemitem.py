@@ -176,18 +176,19 @@ def history_matrix(
     return matrix
 
 
+def row_tops(weights: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's `keep` largest positive weights of a dense block: (row in the block, column, value) of each."""
+    columns = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(weights, columns, axis=1)
+    positive = values > 0
+    return np.nonzero(positive)[0], columns[positive], values[positive]
+
+
 def top_neighbours(weights: np.ndarray, neighbours: int) -> sparse.csr_matrix:
     """Keep each row's `neighbours` largest positive weights, as a sparse matrix with a padding row and column."""
     num_items = weights.shape[0]
-    keep = min(neighbours, num_items)
-    columns = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
-    values = np.take_along_axis(weights, columns, axis=1)
-    rows = np.repeat(np.arange(num_items), keep)
-    positive = values.ravel() > 0
-    return sparse.csr_matrix(
-        (values.ravel()[positive].astype("float32"), (rows[positive] + 1, columns.ravel()[positive] + 1)),
-        shape=(num_items + 1, num_items + 1),
-    )
+    rows, columns, values = row_tops(weights, min(neighbours, num_items))
+    return sparse.csr_matrix((values.astype("float32"), (rows + 1, columns + 1)), shape=(num_items + 1, num_items + 1))
 
 
 def cosine_neighbours(
@@ -196,9 +197,9 @@ def cosine_neighbours(
     """Cosine similarity between item columns, each item's `neighbours` most similar kept.
 
     Items are taken in blocks of rows: a block's similarities to every item are one dense array of about
-    `block_cells` values, cut to each row's top `neighbours` at once, so memory stays bounded whatever the catalog
-    (the whole items × items product of 100,000 synthetic items with Zipf popularity held 7.3 billion non-zero
-    entries, 54.6 GiB of indices alone).
+    `block_cells` values, cut to each row's top `neighbours` at once (`row_tops`), so memory stays bounded whatever
+    the catalog (the whole items × items product of 100,000 synthetic items with Zipf popularity held 7.3 billion
+    non-zero entries, 54.6 GiB of indices alone).
     """
     from sklearn.preprocessing import normalize
 
@@ -215,12 +216,10 @@ def cosine_neighbours(
         stop = min(start + step, num_items)
         block = np.asarray((columns[start:stop] @ others).todense(), dtype="float32")
         block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
-        top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
-        picked = np.take_along_axis(block, top, axis=1)
-        positive = picked > 0
-        rows.append(np.repeat(np.arange(start + 1, stop + 1), keep)[positive.ravel()])
-        cols.append(top[positive] + 1)
-        values.append(picked[positive])
+        in_block, top, picked = row_tops(block, keep)
+        rows.append(in_block + start + 1)
+        cols.append(top + 1)
+        values.append(picked)
     return sparse.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(size, size), dtype="float32"
     )
