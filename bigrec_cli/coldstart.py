@@ -20,7 +20,7 @@ from scipy import sparse
 
 from bigrec_cli.events import token_items
 from bigrec_cli.itemitem import batched_std
-from bigrec_cli.metrics import ranking_report, ranks_of_targets
+from bigrec_cli.metrics import batch_rows, ranking_report, ranks_of_targets
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer, impute_items, text_neighbours
 
@@ -78,6 +78,7 @@ def choose_cold_boost(
     if cost <= 0 or is_posing.sum() < MIN_POSING_CASES or is_posing.all():
         return 0.0, {**report, "boost": 0.0, "reason": "off, or too few held-out events on posing items"}
     posed = posing_scorer(scorer, posing, np.setdiff1d(known, posing))
+    batch_size = batch_rows(scorer.num_items, batch_size)
     batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
     # the users' histories read as learned (one LSTM pass, states kept); only the posing items' scores are borrowed
     states = {start: scorer.user_states(left_pad(histories[start:stop], max_len)) for start, stop in batches}

@@ -13,7 +13,7 @@ from bigrec_cli.baselines import EASE, ItemKNN, PersonalFrequency, interaction_m
 from bigrec_cli.data import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, event_policy, load_events
 from bigrec_cli.errors import DataError
 from bigrec_cli.events import token_items
-from bigrec_cli.metrics import CUTOFFS, log_loss, ranking_report, ranks_of_targets, roc_auc
+from bigrec_cli.metrics import CUTOFFS, batch_rows, log_loss, ranking_report, ranks_of_targets, roc_auc
 from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json, run_index_path
 from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
 from bigrec_cli.recommend import sampled_recall
@@ -29,8 +29,9 @@ def sampled_classification(
     rng = np.random.default_rng(seed)
     labels, probabilities = [], []
     num_items = scorer.num_items
-    for start in range(0, len(cases.user_ids), 512):
-        histories = cases.histories[start : start + 512]
+    size = batch_rows(num_items, 512)
+    for start in range(0, len(cases.user_ids), size):
+        histories = cases.histories[start : start + size]
         probs = scorer.probabilities(left_pad(histories, max_len))
         for row, history in enumerate(histories):
             target = cases.targets[start + row] - 1
@@ -68,16 +69,16 @@ def baseline_ranks(
     reports = {}
     for name, baseline in models.items():
         baseline.fit(matrix)
-        ranks = []
-        for start in range(0, len(case_rows), 1024):
-            rows = case_rows[start : start + 1024]
+        ranks, size = [], batch_rows(num_items, 1024)
+        for start in range(0, len(case_rows), size):
+            rows = case_rows[start : start + size]
             scores = baseline.score((counts if getattr(baseline, "uses_counts", False) else matrix)[rows])
             excluded = (
-                [token_items(history_items) - 1 for history_items in cases.histories[start : start + 1024]]
+                [token_items(history_items) - 1 for history_items in cases.histories[start : start + size]]
                 if exclude_history
                 else None
             )
-            ranks.append(ranks_of_targets(scores, cases.targets[start : start + 1024] - 1, excluded))
+            ranks.append(ranks_of_targets(scores, cases.targets[start : start + size] - 1, excluded))
         reports[name] = np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")
     return reports
 

@@ -284,9 +284,12 @@ class _Cases:
     """The validation cases, scored one batch of users at a time: memory grows with the batch, never with
     users × items (a million-item catalog has no room for a dense matrix of every case)."""
 
-    def __init__(self, logits, sequences, targets, excluded, batch_size: int = 1024) -> None:
+    def __init__(self, logits, sequences, targets, excluded, num_items: int, batch_size: int = 1024) -> None:
+        from bigrec_cli.metrics import batch_rows
+
         self.logits_of = logits if callable(logits) else (lambda start, stop: logits[start:stop])
         self.sequences, self.targets, self.excluded = sequences, targets, excluded
+        batch_size = batch_rows(num_items, batch_size)
         self.batches = [(start, min(start + batch_size, len(targets))) for start in range(0, len(targets), batch_size)]
 
     def std(self, values_of) -> float:
@@ -335,7 +338,7 @@ def fit_item_item(
     Returns:
         The chosen term (α = 0 and method "none" when nothing beats the LSTM alone) and every choice tried.
     """
-    cases = _Cases(logits, sequences, targets, excluded, batch_size)
+    cases = _Cases(logits, sequences, targets, excluded, train.shape[1], batch_size)
     none = sparse.csr_matrix((1, 1), dtype="float32")
     (best_score,) = cases.ndcg(lambda start, stop: [cases.logits_of(start, stop)])
     best = ItemItem(none, 0.0, "none", negative_types=negative_types)

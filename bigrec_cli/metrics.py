@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 CUTOFFS = (5, 10, 20)
+# Score matrices are built a batch of users at a time, each batch of about this many cells (users × items): 64 MiB
+# of float32, whatever the catalog's size (a batch of 1,024 users × 100,000 items held 400 MiB per matrix).
+BATCH_CELLS = 2**24
+
+
+def batch_rows(num_items: int, most: int) -> int:
+    """Users per batch of score matrices: `most`, or fewer so that a batch stays within BATCH_CELLS."""
+    return max(1, min(most, BATCH_CELLS // max(num_items, 1)))
 
 
 def ranks_of_targets(scores: np.ndarray, targets: np.ndarray, excluded: list[np.ndarray] | None = None) -> np.ndarray:
@@ -19,7 +27,9 @@ def ranks_of_targets(scores: np.ndarray, targets: np.ndarray, excluded: list[np.
     Returns:
         (num_users,) integer ranks; 0 means the target is first.
     """
-    scores = np.array(scores, dtype="float64", copy=True)
+    # a copy in the scores' own precision (float32 stays float32: every comparison below is the same in float64)
+    scores = np.asarray(scores)
+    scores = np.array(scores, dtype=np.result_type(scores.dtype, np.float32), copy=True)
     rows = np.arange(len(targets))
     target_scores = scores[rows, targets]
     if excluded is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from bigrec_cli.data import SPLIT_NEGATIVE, SPLIT_TRAIN, SPLIT_VALID
 from bigrec_cli.events import TYPE_STRIDE, token_items
-from bigrec_cli.metrics import CUTOFFS, ranking_report, ranks_of_targets
+from bigrec_cli.metrics import CUTOFFS, batch_rows, ranking_report, ranks_of_targets
 from bigrec_cli.scoring import Scorer
 
 PROTOCOL = (
@@ -181,6 +182,18 @@ def training_windows(
     return windows.rows(np.arange(len(windows)))
 
 
+def sample_cases(cases: HoldoutCases, limit: int, seed: int) -> HoldoutCases:
+    """At most `limit` of the cases, in their order: the users with the lowest hash of seed and user id, so the same
+    users whatever the order of the data. All the cases, as they are, when there are no more than `limit`."""
+    if len(cases.user_ids) <= limit:
+        return cases
+    keys = np.array([zlib.crc32(f"{seed}:{user}".encode("utf-8")) for user in cases.user_ids], dtype="int64")
+    kept = np.sort(np.argsort(keys, kind="stable")[:limit])
+    return HoldoutCases(
+        [cases.user_ids[row] for row in kept], [cases.histories[row] for row in kept], cases.targets[kept]
+    )
+
+
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
     """Return (len(histories), max_len) rows holding the last max_len indices of each history, right-aligned."""
     rows = np.zeros((len(histories), max_len), dtype="int64")
@@ -196,7 +209,7 @@ def scorer_ranks(
 ) -> np.ndarray:
     """Rank each case's target among all items with the scorer, excluding the user's history unless repeats are
     allowed (`exclude_history=False`)."""
-    ranks = []
+    ranks, batch_size = [], batch_rows(scorer.num_items, batch_size)
     for start in range(0, len(cases.user_ids), batch_size):
         stop = start + batch_size
         logits = scorer.logits(left_pad(cases.histories[start:stop], max_len))
@@ -226,6 +239,7 @@ __all__ = [
     "user_sequences",
     "holdout_cases",
     "training_windows",
+    "sample_cases",
     "left_pad",
     "scorer_ranks",
     "scorer_report",

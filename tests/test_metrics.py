@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from bigrec_cli.metrics import hit_rate_at_k, log_loss, mrr_at_k, ndcg_at_k, ranking_report, ranks_of_targets, roc_auc
+from bigrec_cli.metrics import (
+    batch_rows,
+    hit_rate_at_k,
+    log_loss,
+    mrr_at_k,
+    ndcg_at_k,
+    ranking_report,
+    ranks_of_targets,
+    roc_auc,
+)
 
 
 def test_rank_counts_items_scored_strictly_higher_and_skips_history():
@@ -39,3 +48,22 @@ def test_auc_by_hand_with_ties():
 
 def test_log_loss_by_hand():
     assert log_loss(np.array([1, 0]), np.array([1.0, 0.3])) == pytest.approx(-(math.log(1 - 1e-7) + math.log(0.7)) / 2)
+
+
+def test_ranks_of_float32_scores_equal_those_computed_in_float64():
+    rng = np.random.default_rng(0)
+    # few distinct values, so that ties with the target are frequent
+    scores = rng.integers(0, 8, size=(200, 50)).astype("float32") / 7
+    targets = rng.integers(0, 50, size=200)
+    excluded = [rng.choice(50, size=5, replace=False) for _ in range(200)]
+    for history in (None, excluded):
+        expected = ranks_of_targets(scores.astype("float64"), targets, history)
+        assert ranks_of_targets(scores, targets, history).tolist() == expected.tolist()
+    assert scores.dtype == np.float32 and scores.max() == 1.0, "the caller's scores are left as they were"
+
+
+def test_batches_of_score_rows_stay_within_a_number_of_cells():
+    assert batch_rows(1_682, 1024) == 1024  # 2^24 cells hold 9,974 rows of 1,682 items: the usual batch
+    assert batch_rows(100_000, 1024) == 167  # 2^24 // 100,000
+    assert batch_rows(50_000_000, 512) == 1  # never empty
+    assert batch_rows(0, 512) == 512

@@ -141,3 +141,29 @@ def test_scorer_treats_inner_padding_like_keras_masking(trained_project):
     mixed = np.array([[0, 0, 0, 0, 9], [1, 2, 3, 4, 5], [0, 0, 6, 7, 8]])
     alone = np.concatenate([scorer.user_states(row[None]) for row in mixed])
     np.testing.assert_allclose(scorer.user_states(mixed), alone, atol=1e-6)
+
+
+def test_validation_choices_read_a_seeded_sample_of_users_whatever_their_order():
+    from bigrec_cli.protocol import HoldoutCases, sample_cases
+
+    users = [f"u{number}" for number in range(1_000)]
+    cases = HoldoutCases(users, [np.array([number, number + 1]) for number in range(1_000)], np.arange(1_000) + 2)
+    assert sample_cases(cases, 1_000, seed=0) is cases, "no more users than the limit: all of them, as they are"
+    sample = sample_cases(cases, 100, seed=0)
+    assert len(sample.user_ids) == 100 and len(set(sample.user_ids)) == 100
+    assert sample.user_ids == sorted(sample.user_ids, key=users.index), "the cases keep their order"
+    for user, history, target in zip(sample.user_ids, sample.histories, sample.targets):
+        assert history.tolist() == [int(user[1:]), int(user[1:]) + 1] and target == int(user[1:]) + 2
+    reverse = HoldoutCases(users[::-1], cases.histories[::-1], cases.targets[::-1])
+    assert set(sample_cases(reverse, 100, seed=0).user_ids) == set(sample.user_ids)
+    assert set(sample_cases(cases, 100, seed=1).user_ids) != set(sample.user_ids), "another seed, other users"
+
+
+def test_train_chooses_the_term_boost_and_calibration_on_the_sample(trained_copy, monkeypatch):
+    monkeypatch.setattr("bigrec_cli.train.SELECTION_CASES", 20)
+    result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((ProjectDir(trained_copy).current_run_dir() / "metrics.json").read_text())
+    assert metrics["selection_cases"] == 20
+    assert metrics["cold_boost"]["posing_cases"] <= 20  # the boost's held-out events come from the sample
+    assert metrics["item_item"]["method"] != "" and "val_ndcg@10" in metrics
