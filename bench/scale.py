@@ -19,7 +19,12 @@ one moment (`process_tree_rss_gib`; a sum of RSS counts memory the processes sha
 once per process, so it overstates). After preprocess, the result also records the shard count and the size of
 the written events; after extract, the items encoded per second (the vector cache is removed first, so every
 item is encoded); after train, the one epoch's seconds of training steps and of validation scoring (the run's
-history.json) and the training events per second (train split events / seconds of steps). A stage's entry
+history.json) and the training events per second (train split events / seconds of steps). The stage's stderr is
+passed through and read: each epoch line and each line train writes as a step after the epochs starts (choosing
+the item-to-item term, the cold boost, …) opens a phase that lasts until the next such line, and `phases` lists
+each with the second it started and the largest single-process RSS sampled in it (None: shorter than one sample),
+which shows where the peak was reached. "start" covers loading and the first epoch; an epoch's line (written when
+it ends) opens the next epoch, or the steps after the last. A stage's entry
 replaces the one of the same name in the results file; the others stay.
 Absolute times on 2 shared cores are noisy: run it more than once before comparing. Writes
 bench/results/scale-<events>.json.
@@ -31,9 +36,11 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +55,8 @@ PART_ROWS = 1_000_000
 TYPES = np.array(["view", "cart", "purchase"])
 TYPE_SHARES = np.array([0.80, 0.15, 0.05])
 SAMPLE_SECONDS = 0.5  # how often the RSS of every process of a stage is read
+# stderr lines that open a phase: `epoch N: …`, and train's steps after the epochs, which end in "(N s)"
+PHASE = re.compile(r"^(epoch \d+:.*|.*\(\d+ s\))$")
 
 
 def zipf_draw(rng: np.random.Generator, size: int, population: int, exponent: float = 1.1) -> np.ndarray:
@@ -110,25 +119,44 @@ def stage(name: str, args: list[str], project: Path) -> dict:
     peak_file = project.parent / f".peak-{name}"
     started = time.perf_counter()
     command = [sys.executable, "-m", "bigrec_cli", *args]
-    wrapper = subprocess.Popen([sys.executable, "-c", MEASURE, str(peak_file), *command], cwd=ROOT, env=env)
-    tree, largest, processes = 0, 0, set()
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", MEASURE, str(peak_file), *command],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    marks: list[tuple[float, str]] = [(0.0, "start")]
+
+    def pass_through() -> None:
+        for line in wrapper.stderr:
+            sys.stderr.write(line)
+            if PHASE.match(line.strip()):
+                marks.append((time.perf_counter() - started, line.strip()))
+
+    reader = threading.Thread(target=pass_through, daemon=True)
+    reader.start()
+    tree, largest, processes, samples = 0, 0, set(), []
     root = psutil.Process(wrapper.pid)
     try:
         while wrapper.poll() is None:
-            total = 0
+            total = now_largest = 0
             with contextlib.suppress(psutil.Error):
                 for process in root.children(recursive=True):
                     with contextlib.suppress(psutil.Error):
                         rss = process.memory_info().rss
                         total += rss
-                        largest = max(largest, rss)
+                        now_largest = max(now_largest, rss)
                         processes.add(process.pid)
-            tree = max(tree, total)
+            tree, largest = max(tree, total), max(largest, now_largest)
+            samples.append((time.perf_counter() - started, now_largest))
             time.sleep(SAMPLE_SECONDS)
     finally:
         if wrapper.poll() is None:  # interrupted: the stage does not outlive the benchmark
             wrapper.kill()
             wrapper.wait()
+    reader.join(timeout=10)
     if wrapper.returncode:
         raise subprocess.CalledProcessError(wrapper.returncode, command)
     seconds = time.perf_counter() - started
@@ -140,7 +168,26 @@ def stage(name: str, args: list[str], project: Path) -> dict:
         "largest_process_rss_gib": round(largest / 2**30, 3),
         "process_tree_rss_gib": round(tree / 2**30, 3),
         "processes": len(processes),
+        "phases": phase_peaks(marks, samples),
     }
+
+
+def gib(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**30, 3)
+
+
+def phase_peaks(marks: list[tuple[float, str]], samples: list[tuple[float, int]]) -> list[dict]:
+    """Each phase (the second its line came, its text) with the largest single-process RSS sampled before the next
+    phase's line."""
+    bounds = [at for at, _ in marks[1:]] + [float("inf")]
+    return [
+        {
+            "phase": text,
+            "at_s": round(at, 1),
+            "largest_process_rss_gib": gib(max((rss for when, rss in samples if at <= when < end), default=None)),
+        }
+        for (at, text), end in zip(marks, bounds)
+    ]
 
 
 def written(project: Path) -> dict:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import io
 import sys
+import time
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -368,6 +369,16 @@ def report_epoch(entry: dict) -> None:
     )
 
 
+def report_phase() -> Callable[[str], None]:
+    """One stderr line per step after the epochs, with the seconds since training started."""
+    started = time.monotonic()
+
+    def report(text: str) -> None:
+        info(f"{text} ({time.monotonic() - started:.0f} s)")
+
+    return report
+
+
 @app.command("import-bert")
 def import_bert(
     source: Annotated[Path, typer.Argument(help="Hugging Face folder: config.json, model.safetensors, vocab.txt.")],
@@ -492,7 +503,7 @@ def train(
             from bigrec_cli import train
 
             with epoch_progress(enabled=not as_json and cluster.is_chief) as on_step:
-                result = train.train(project, config, on_epoch=report_epoch, on_step=on_step)
+                result = train.train(project, config, on_epoch=report_epoch, on_step=on_step, on_phase=report_phase())
             if not cluster.is_chief:
                 info(f"{cluster.describe()}: trained {result.epochs_run} epochs; the chief writes and promotes the run")
                 if as_json:

@@ -143,6 +143,7 @@ def retrain(
             config,
             on_epoch=on_epoch,
             on_step=on_step,
+            on_phase=on_stage,
             include_feedback=True,
             warm_start_from=current_dir,
             promote=False,

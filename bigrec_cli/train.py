@@ -374,6 +374,7 @@ def train(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     include_feedback: bool = False,
     warm_start_from: Path | None = None,
     promote: bool = True,
@@ -387,6 +388,8 @@ def train(
         config: Hyper-parameters.
         on_epoch: Called with each epoch's loss and validation metrics.
         on_step: Called after each training step with (epoch, steps done, steps per epoch), for a progress bar.
+        on_phase: Called with a line naming each step after the epochs (choosing the item-to-item term, the cold
+            boost, …), which on large data takes minutes.
         include_feedback: Fold the feedback store's events into the data before splitting.
         warm_start_from: A run whose weights initialise this one (`retrain`).
         promote: Point `current` at the new run when it completes.
@@ -407,7 +410,12 @@ def train(
         )
     strategy = worker_strategy(cluster)
     if not cluster.is_chief:
-        on_epoch, on_step = None, None  # the chief reports progress; the others train in silence
+        on_epoch, on_step, on_phase = None, None, None  # the chief reports progress; the others train in silence
+
+    def phase(text: str) -> None:
+        if on_phase is not None:
+            on_phase(text)
+
     project = project.pinned()
     project.require_features()
     # A run holds a copy of the item vectors plus the learned per-item arrays and the item-to-item term.
@@ -511,6 +519,7 @@ def train(
     choosing = sample_cases(cases, SELECTION_CASES, config.seed)
     item_item, item_item_choice = None, {"chosen": {"method": "none"}}
     if config.item_item:
+        phase(f"choosing the item-to-item term on {len(choosing.user_ids):,} validation users")
         item_item, item_item_choice = choose_item_item(
             Scorer(weights, item_ids, event_types=event_types),
             sequences,
@@ -522,6 +531,7 @@ def train(
         )
     cold_boost = {"boost": 0.0, "reason": "no borrowed scores (id-dropout or no ID vectors)"}
     if config.id_embedding and config.id_dropout == 0:
+        phase("choosing the boost of items without interactions")
         boost, cold_boost = choose_cold_boost(
             Scorer(weights, item_ids, item_item, event_types),
             choosing.histories,
@@ -533,21 +543,27 @@ def train(
             exclude_history=policy.exclude_history,
         )
         weights = boost_cold_items(weights, cold, boost)
+    phase("calibrating the probabilities")
     # Calibrated where S has not seen the targets (S from training events); the S kept below also saw validation
     # events, which moves logits little, and a calibration on those would be fitted on what S memorised.
     weights = replace(
         weights, calibration=calibrate(Scorer(weights, item_ids, item_item, event_types), choosing, config)
     )
     scorer = Scorer(weights, item_ids, item_item, event_types)
+    phase(f"scoring the run on {len(cases.user_ids):,} validation users")
     report = scorer_report(scorer, cases, config.max_len, exclude_history=policy.exclude_history)
     metrics = {f"val_{name}": value for name, value in report.items()}
     if item_item is not None and item_item.active:
         # Chosen and scored above with S fitted on training events only; kept fitted on validation events too.
+        phase("fitting the item-to-item term again on training and validation events")
         item_item = refit_item_item(item_item, history_matrix(data.seen, len(item_ids), negative_types), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
+    if index_kind(config.index, len(item_ids)) is not None:
+        phase(f"building the {index_kind(config.index, len(item_ids))} index over {len(item_ids):,} items")
     index, index_info = build_index(
         Scorer(weights, item_ids, item_item, event_types), cases, config, policy.exclude_history
     )
+    phase("writing the run")
     final = write_run(
         project,
         config=config,

@@ -165,5 +165,8 @@ def test_train_chooses_the_term_boost_and_calibration_on_the_sample(trained_copy
     assert result.exit_code == 0, result.stderr
     metrics = json.loads((ProjectDir(trained_copy).current_run_dir() / "metrics.json").read_text())
     assert metrics["selection_cases"] == 20
+    # each step after the epochs is named on stderr as it starts, the sample's size with it
+    assert "choosing the item-to-item term on 20 validation users" in result.stderr
+    assert "scoring the run on" in result.stderr and "writing the run" in result.stderr
     assert metrics["cold_boost"]["posing_cases"] <= 20  # the boost's held-out events come from the sample
     assert metrics["item_item"]["method"] != "" and "val_ndcg@10" in metrics
