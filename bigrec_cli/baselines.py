@@ -56,16 +56,24 @@ class ItemKNN:
 class EASE:
     """Embarrassingly Shallow Autoencoder (Steck, 2019): a closed-form item-item model.
 
+    With `dropout` p > 0 it is EDLAE (Steck, "Autoencoders that don't overfit towards the identity", NeurIPS
+    2020): the closed form of training with input dropout p, which adds p / (1 − p) times each item's own count to
+    its penalty, so popular items, whose co-occurrences are many, are held back more than rare ones.
+
     Args:
         l2: The ridge penalty λ.
+        dropout: p in [0, 1): 0 is plain EASE.
     """
 
-    def __init__(self, l2: float = 100.0) -> None:
-        self.l2 = l2
+    def __init__(self, l2: float = 100.0, dropout: float = 0.0) -> None:
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), not {dropout}")
+        self.l2, self.dropout = l2, dropout
 
     def fit(self, matrix: sparse.csr_matrix) -> "EASE":
         gram = (matrix.T @ matrix).toarray().astype("float64")
-        gram[np.diag_indices_from(gram)] += self.l2
+        penalty = self.l2 + (self.dropout / (1 - self.dropout)) * np.diag(gram) if self.dropout else self.l2
+        gram[np.diag_indices_from(gram)] += penalty
         precision = np.linalg.inv(gram)
         weights = precision / -np.diag(precision)
         np.fill_diagonal(weights, 0.0)

@@ -35,6 +35,37 @@ def test_ease_closed_form(matrix):
     assert np.allclose(np.diag(model.weights_), 0.0)
 
 
+def test_edlae_is_ease_whose_penalty_grows_with_each_items_count(matrix):
+    # every item of `matrix` was had by 2 users: dropout p adds p / (1 - p) * 2 to each item's penalty alike
+    for dropout in (0.25, 0.5, 0.75):
+        edlae = EASE(l2=1.0, dropout=dropout).fit(matrix)
+        assert np.allclose(edlae.weights_, EASE(l2=1.0 + dropout / (1 - dropout) * 2).fit(matrix).weights_)
+    # counts 3, 1, 2: each item its own penalty, 1 + its count (p / (1 - p) = 1), as computed here by hand
+    uneven = interaction_matrix(np.array([0, 0, 1, 1, 2, 3]), np.array([0, 1, 0, 2, 0, 2]), 4, 3)
+    plain, edlae = EASE(l2=1.0).fit(uneven), EASE(l2=1.0, dropout=0.5).fit(uneven)
+    dense = uneven.toarray()
+    gram = dense.T @ dense
+    precision = np.linalg.inv(gram + np.diag(1.0 + np.diag(gram)))  # p / (1 - p) = 1
+    expected = -precision / np.diag(precision)
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(edlae.weights_, expected)
+    assert not np.allclose(edlae.weights_, plain.weights_)
+    with pytest.raises(ValueError):
+        EASE(l2=1.0, dropout=1.0)
+
+
+def test_item_item_records_name_their_ease_parameters():
+    from bigrec_cli.errors import ArtifactError
+    from bigrec_cli.itemitem import ease_method, ease_parameters
+
+    assert ease_method(50.0, 0.0) == "ease(lambda=50)"  # as runs written before EDLAE name it
+    assert ease_parameters("ease(lambda=50)") == (50.0, 0.0)
+    assert ease_method(10.0, 0.5) == "ease(lambda=10, dropout=0.5)"
+    assert ease_parameters(ease_method(10.0, 0.5)) == (10.0, 0.5)
+    with pytest.raises(ArtifactError):
+        ease_parameters("ease(l2=3)")
+
+
 def test_cosine_neighbours_in_blocks_equal_the_whole_product_computed_by_hand():
     from scipy import sparse
 

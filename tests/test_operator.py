@@ -235,6 +235,11 @@ def test_item_item_term_is_refitted_on_more_events_with_its_chosen_lambda_and_we
     expected = top_neighbours(EASE(20.0).fit(more).weights_, NEIGHBOURS)
     assert refitted.alpha == 3.5 and refitted.method == "ease(lambda=20)"
     np.testing.assert_allclose(refitted.matrix.toarray(), expected.toarray())
+    edlae = refit_item_item(chosen.with_(method="ease(lambda=10, dropout=0.5)"), more)
+    np.testing.assert_allclose(
+        edlae.matrix.toarray(), top_neighbours(EASE(10.0, 0.5).fit(more).weights_, NEIGHBOURS).toarray()
+    )
+    assert not np.allclose(edlae.matrix.toarray(), expected.toarray())
     none = ItemItem(sparse.csr_matrix((1, 1), dtype="float32"), 0.0, "none")
     assert refit_item_item(none, more) is none
 
