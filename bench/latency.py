@@ -12,7 +12,8 @@ events each; the model is trained for one epoch (timing only, quality is irrelev
 - feedback-to-effect (1 worker): POST /feedback of one event for a user, then GET /recommend for that user; the time
   from sending the POST to receiving a recommendation that reflects the event (the item now counts as seen),
   median over 30 trials.
-- mixed (1 and 2 workers, one run each, in that order, both servers started before the first; its own project: the
+- mixed (1 and 2 workers, one run each, in that order, both servers started before the first, so the 2-worker run
+  starts on a store that already holds the 1-worker run's posted events; its own project: the
   same catalog, 100,000 users; user n has min(300, 5 + round(300 / (n + 1))) events, i.e. Zipf-distributed
   activity, the last one at a random time over 30 days; trained one epoch): served with `--warm-users 20000`, so
   only the 20,000 most recently active users' LSTM states are computed before the load (by each worker); a

@@ -66,17 +66,17 @@ class EASE:
     """
 
     def __init__(self, l2: float = 100.0, dropout: float = 0.0) -> None:
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), not {dropout}")
         self.l2, self.dropout = l2, dropout
 
     def fit(self, matrix: sparse.csr_matrix) -> "EASE":
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), not {self.dropout}")
         gram = (matrix.T @ matrix).toarray().astype("float64")
         penalty = self.l2 + (self.dropout / (1 - self.dropout)) * np.diag(gram) if self.dropout else self.l2
         gram[np.diag_indices_from(gram)] += penalty
         precision = np.linalg.inv(gram)
-        del gram  # items² float64 each (0.8 GB at 10,000 items): two such matrices at a time, not three
-        precision /= -np.diag(precision).copy()  # column j divided by −P[j, j], in place
+        del gram  # items² float64 (0.8 GB at 10,000 items); inv itself holds three such matrices while it runs
+        precision /= -np.diag(precision).copy()  # column j divided by −P[j, j], in place: no matrix more
         np.fill_diagonal(precision, 0.0)
         self.weights_ = precision
         return self

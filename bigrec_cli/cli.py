@@ -370,7 +370,12 @@ def report_epoch(entry: dict) -> None:
 
 
 def report_phase() -> Callable[[str], None]:
-    """One stderr line per step after the epochs, with the seconds since training started."""
+    """A reporter of train's steps after the epochs.
+
+    Returns:
+        A function that writes each step's line to stderr with the seconds since the reporter was made (as the
+        command starts training).
+    """
     started = time.monotonic()
 
     def report(text: str) -> None:
@@ -790,6 +795,7 @@ def retrain(
                 seed=seed,
                 learning_rate=learning_rate,
                 on_stage=info,
+                on_phase=report_phase(),
                 on_epoch=report_epoch,
                 on_step=on_step,
                 force=force,

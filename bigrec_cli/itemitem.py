@@ -38,7 +38,8 @@ EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, c
 NEIGHBOURS = 200
 COSINE_BLOCK_CELLS = 2**25  # similarities ItemKNN computes at once (128 MiB of float32)
 # (λ, input dropout p) of each EASE fit tried: plain EASE, then EDLAE (p 0.5: each item's penalty grows by its own
-# count), which on validation beat plain EASE by 3.4% on online-retail-25 and 0.6% on ML-100K (bench/NOTES.md)
+# count). Chosen on half the validation users and read on the other half, both ways round, EDLAE beat plain EASE by
+# 3.2% and 1.4% on online-retail-25, by 3.0% and -0.1% on ML-100K (bench/NOTES.md)
 EASE_GRID = (
     (20.0, 0.0),
     (50.0, 0.0),
@@ -74,6 +75,12 @@ class ItemItem:
     decay: float = 1.0
     repeat_weight: float = 0.0
     negative_types: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Python floats: a numpy float64 weight would turn the float32 scores into float64 (numpy 2's promotion)
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "decay", float(self.decay))
+        object.__setattr__(self, "repeat_weight", float(self.repeat_weight))
 
     def with_(self, **changes) -> "ItemItem":
         return replace(self, **changes)
@@ -260,12 +267,30 @@ def candidates(train: sparse.csr_matrix) -> list[tuple[str, sparse.csr_matrix]]:
 
 
 def ease_method(l2: float, dropout: float) -> str:
-    """The run's record of an EASE fit: `ease(lambda=50)`, or `ease(lambda=10, dropout=0.5)` for EDLAE."""
+    """The run's record of an EASE fit.
+
+    Args:
+        l2: λ.
+        dropout: EDLAE's p (0: plain EASE).
+
+    Returns:
+        `ease(lambda=50)` for plain EASE (as runs written before EDLAE say), `ease(lambda=10, dropout=0.5)` for EDLAE.
+    """
     return f"ease(lambda={l2:g})" if not dropout else f"ease(lambda={l2:g}, dropout={dropout:g})"
 
 
 def ease_parameters(method: str) -> tuple[float, float]:
-    """(λ, dropout) of an `ease_method` record (runs written before EDLAE have no dropout: 0)."""
+    """The fit an `ease_method` record names.
+
+    Args:
+        method: The record, e.g. `ease(lambda=10, dropout=0.5)`.
+
+    Returns:
+        (λ, dropout); runs written before EDLAE name no dropout: 0.
+
+    Raises:
+        ArtifactError: The record names no EASE fit.
+    """
     found = re.fullmatch(r"ease\(lambda=([^,)]+)(?:, dropout=([^)]+))?\)", method)
     if found is None:
         raise ArtifactError(f"unknown item-to-item method {method!r}", hint="train the run again with this version")

@@ -11,7 +11,15 @@ BATCH_CELLS = 2**24
 
 
 def batch_rows(num_items: int, most: int) -> int:
-    """Users per batch of score matrices: `most`, or fewer so that a batch stays within BATCH_CELLS."""
+    """Users per batch of (users, items) score matrices.
+
+    Args:
+        num_items: Columns of each matrix.
+        most: The batch size where memory is no concern.
+
+    Returns:
+        `most`, or fewer (at least 1) so that a batch holds at most BATCH_CELLS scores.
+    """
     return max(1, min(most, BATCH_CELLS // max(num_items, 1)))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,10 +184,27 @@ def training_windows(
 
 def sample_cases(cases: HoldoutCases, limit: int, seed: int) -> HoldoutCases:
     """At most `limit` of the cases, in their order: the users with the lowest hash of seed and user id, so the same
-    users whatever the order of the data. All the cases, as they are, when there are no more than `limit`."""
+    users whatever the order of the data.
+
+    Args:
+        cases: Held-out cases, one per user.
+        limit: The most cases kept.
+        seed: Another seed, other users. The hash is BLAKE2b, not the CRC-32 of `train.users_share`: CRC is linear,
+            so CRCs of the same ids under two salts are ordered alike (or reversed), and a share of users trained on
+            and this sample would hold the same users (or none in common).
+
+    Returns:
+        `cases` itself when it holds no more than `limit` cases; otherwise a new HoldoutCases of `limit` cases.
+    """
     if len(cases.user_ids) <= limit:
         return cases
-    keys = np.array([zlib.crc32(f"{seed}:{user}".encode("utf-8")) for user in cases.user_ids], dtype="int64")
+    keys = np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"{seed}:{user}".encode("utf-8"), digest_size=8).digest(), "big")
+            for user in cases.user_ids
+        ],
+        dtype="uint64",
+    )
     kept = np.sort(np.argsort(keys, kind="stable")[:limit])
     return HoldoutCases(
         [cases.user_ids[row] for row in kept], [cases.histories[row] for row in kept], cases.targets[kept]

@@ -18,6 +18,7 @@ from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError, NotTrainedError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import open_store
+from bigrec_cli.metrics import batch_rows
 from bigrec_cli.project import ProjectDir, run_index_path
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer
@@ -452,9 +453,10 @@ class Recommender:
             warm.sort(key=lambda row: len(histories[row]))
             sequences = self.encode([histories[row] for row in warm])
             states = self._user_states(sequences)
-            for start in range(0, len(warm), 512):
-                rows = warm[start : start + 512]
-                block_states, block_sequences = states[start : start + 512], sequences[start : start + 512]
+            size = batch_rows(self.scorer.num_items, 512)  # users whose logits over the catalog are held at once
+            for start in range(0, len(warm), size):
+                rows = warm[start : start + size]
+                block_states, block_sequences = states[start : start + size], sequences[start : start + size]
                 exact = rows
                 if self.index is not None:
                     found = index_top_k(

@@ -86,6 +86,7 @@ def retrain(
     on_epoch: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     force: bool = False,
 ) -> RetrainResult:
     """Retrain on everything the project knows and promote the result only if it is not worse.
@@ -99,6 +100,7 @@ def retrain(
         on_epoch: Called after each epoch with its metrics.
         on_step: Called after each training step with (epoch, steps done, steps per epoch).
         on_stage: Called with a short description as each stage starts.
+        on_phase: Called with each of train's steps after the epochs (default: `on_stage`).
         force: Retrain even when nothing is new since the current run.
 
     Returns:
@@ -143,7 +145,7 @@ def retrain(
             config,
             on_epoch=on_epoch,
             on_step=on_step,
-            on_phase=on_stage,
+            on_phase=on_phase or on_stage,
             include_feedback=True,
             warm_start_from=current_dir,
             promote=False,

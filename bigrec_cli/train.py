@@ -397,7 +397,8 @@ def train(
             they stay in the catalog and are scored from their text.
         train_share: The share of users whose sequences the LSTM trains on (a seeded choice by user id; `tune`
             screens configurations on large data this way). Validation, the item-to-item term and the cold boost
-            still see every user (the last two, up to SELECTION_CASES of them).
+            still see every user (the term, the boost and the calibration are chosen on up to SELECTION_CASES of
+            them).
 
     Returns:
         The run id, its directory, the best epoch and its validation metrics.

@@ -33,6 +33,14 @@ def test_ease_closed_form(matrix):
     np.fill_diagonal(expected, 0.0)
     assert np.allclose(model.weights_, expected)
     assert np.allclose(np.diag(model.weights_), 0.0)
+    # scaled in place, the same floating-point operations as dividing into a new matrix: equal to the bit
+    rng = np.random.default_rng(0)
+    larger = interaction_matrix(*np.nonzero(rng.random((60, 40)) < 0.2), 60, 40)
+    gram = (larger.T @ larger).toarray().astype("float64") + 5.0 * np.eye(40)
+    precision = np.linalg.inv(gram)
+    divided = precision / -np.diag(precision)
+    np.fill_diagonal(divided, 0.0)
+    assert np.array_equal(EASE(l2=5.0).fit(larger).weights_, divided)
 
 
 def test_edlae_is_ease_whose_penalty_grows_with_each_items_count(matrix):
@@ -51,7 +59,7 @@ def test_edlae_is_ease_whose_penalty_grows_with_each_items_count(matrix):
     assert np.allclose(edlae.weights_, expected)
     assert not np.allclose(edlae.weights_, plain.weights_)
     with pytest.raises(ValueError):
-        EASE(l2=1.0, dropout=1.0)
+        EASE(l2=1.0, dropout=1.0).fit(uneven)
 
 
 def test_item_item_records_name_their_ease_parameters():

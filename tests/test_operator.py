@@ -405,17 +405,18 @@ def test_cold_boost_is_the_largest_within_its_cost_and_reaches_items_added_later
     assert boosted.output_bias[-1] == pytest.approx(plain.output_bias[-1] + boost, rel=1e-5)
 
 
-@pytest.mark.parametrize("repeat_weight", [0.0, 0.7])
+@pytest.mark.parametrize("repeat_weight", [0.0, 0.7, np.float64(0.7)])
 def test_dense_term_scores_equal_the_sparse_ones_to_the_bit(repeat_weight):
     from bigrec_cli.itemitem import ItemItem
 
     rng = np.random.default_rng(3)
     size = 301
     matrix = sparse.random(size, size, density=0.05, format="csr", dtype="float32", random_state=rng)
+    matrix.data -= 0.3  # negative weights too, as EASE has
     sequences = rng.integers(0, size, size=(40, 30))
     sequences[:, :10] = 0  # left padding
     sequences[0] = 0  # a user without history
-    term = ItemItem(matrix, 0.37, "ease(lambda=20)", 0.9, repeat_weight)
+    term = ItemItem(matrix, np.float64(0.37), "ease(lambda=20)", 0.9, repeat_weight)  # numpy weights, as chosen
     dense = term.scores(sequences)
     assert dense.shape == (40, size - 1) and dense.dtype == np.float32 and not dense[0].any()
     assert np.array_equal(dense, term.sparse_scores(sequences).toarray())

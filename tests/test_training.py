@@ -159,14 +159,45 @@ def test_validation_choices_read_a_seeded_sample_of_users_whatever_their_order()
     assert set(sample_cases(cases, 100, seed=1).user_ids) != set(sample.user_ids), "another seed, other users"
 
 
+def test_the_validation_sample_is_drawn_apart_from_the_share_of_users_trained_on():
+    from bigrec_cli.protocol import HoldoutCases, sample_cases
+    from bigrec_cli.train import users_share
+
+    users = [f"u{number}" for number in range(10_000)]
+    trained = set(users_share({user: np.array([1]) for user in users}, 0.4, seed=0))
+    cases = HoldoutCases(users, [np.array([1])] * len(users), np.ones(len(users), dtype="int64"))
+    sampled = sample_cases(cases, 2_000, seed=0).user_ids
+    share = sum(user in trained for user in sampled) / len(sampled)
+    assert 0.35 < share < 0.45, "as many trained users in the sample as in the data, not only those"
+
+
 def test_train_chooses_the_term_boost_and_calibration_on_the_sample(trained_copy, monkeypatch):
-    monkeypatch.setattr("bigrec_cli.train.SELECTION_CASES", 20)
+    from bigrec_cli import train as training
+
+    monkeypatch.setattr(training, "SELECTION_CASES", 20)
+    seen = {}
+
+    def recording(name, real, cases_of):
+        def call(*args, **kwargs):
+            seen[name] = cases_of(*args)
+            return real(*args, **kwargs)
+
+        return call
+
+    # the real functions, called through: each records how many validation cases it was given
+    for name, cases_of in {
+        "choose_item_item": lambda scorer, sequences, cases, *rest: len(cases.user_ids),
+        "choose_cold_boost": lambda scorer, histories, *rest: len(histories),
+        "calibrate": lambda scorer, cases, *rest: len(cases.user_ids),
+        "scorer_report": lambda scorer, cases, *rest: len(cases.user_ids),
+    }.items():
+        monkeypatch.setattr(training, name, recording(name, getattr(training, name), cases_of))
     result = invoke("train", "--project-dir", str(trained_copy), "--epochs", "1", "--json")
     assert result.exit_code == 0, result.stderr
     metrics = json.loads((ProjectDir(trained_copy).current_run_dir() / "metrics.json").read_text())
     assert metrics["selection_cases"] == 20
+    assert seen["choose_item_item"] == seen["choose_cold_boost"] == seen["calibrate"] == 20
+    assert seen["scorer_report"] == 300, "the run is reported on every validation user"
     # each step after the epochs is named on stderr as it starts, the sample's size with it
     assert "choosing the item-to-item term on 20 validation users" in result.stderr
-    assert "scoring the run on" in result.stderr and "writing the run" in result.stderr
-    assert metrics["cold_boost"]["posing_cases"] <= 20  # the boost's held-out events come from the sample
-    assert metrics["item_item"]["method"] != "" and "val_ndcg@10" in metrics
+    assert "scoring the run on 300 validation users" in result.stderr and "writing the run" in result.stderr
