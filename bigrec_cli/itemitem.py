@@ -50,6 +50,7 @@ EASE_GRID = (
     (50.0, 0.5),
     (200.0, 0.5),
 )
+EDLAE_MIN_GAIN = 0.01  # relative validation NDCG@10 EDLAE must gain over plain EASE's best to replace it
 ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0)  # × (std of LSTM logits / std of the term)
 DECAY_GRID = (1.0, 0.97, 0.93, 0.9, 0.85, 0.8)  # per step of age; 1: every history item counts the same
 
@@ -414,9 +415,12 @@ def fit_item_item(
                 base, raw = cases.logits_of(start, stop), term.scores(sequences[start:stop])
                 return (base + alpha * raw for alpha in alphas)
 
+            # EDLAE replaces plain EASE (or no term) only when it validates EDLAE_MIN_GAIN better: on a small
+            # validation split a hair's lead is noise, and a retrain's gate then saw the newcomer lose
+            needed = 1 + EDLAE_MIN_GAIN if "dropout=" in method and "dropout=" not in best.method else 1.0
             for alpha, score in zip(alphas, cases.ndcg(variants)):
                 tried.append({"method": method, "decay": decay, "alpha": alpha, "val_ndcg@10": score})
-                if score > best_score:
+                if score > best_score * needed:
                     best_score, best = score, ItemItem(matrix, alpha, method, decay, 0.0, negative_types)
     if excluded is None:  # repeats allowed: how much do the user's own recent items speak for themselves?
         best_score, best = _choose_repeat_weight(best, best_score, cases, spread, tried)

@@ -420,3 +420,26 @@ def test_dense_term_scores_equal_the_sparse_ones_to_the_bit(repeat_weight):
     dense = term.scores(sequences)
     assert dense.shape == (40, size - 1) and dense.dtype == np.float32 and not dense[0].any()
     assert np.array_equal(dense, term.sparse_scores(sequences).toarray())
+
+
+def test_edlae_replaces_plain_ease_only_when_it_validates_clearly_better(monkeypatch):
+    from bigrec_cli import itemitem
+
+    rng = np.random.default_rng(5)
+    train = sparse.csr_matrix((rng.random((300, 40)) < 0.15).astype("float32"))
+    sequences = rng.integers(0, 41, size=(120, 6))
+    targets = rng.integers(1, 41, size=120)
+    logits = rng.normal(size=(120, 40)).astype("float32")
+    excluded = [np.array([0])] * 120
+
+    def chosen(gain: float) -> tuple[str, float, list]:
+        monkeypatch.setattr(itemitem, "EDLAE_MIN_GAIN", gain)
+        _, record = itemitem.fit_item_item(train, logits, sequences, targets, excluded)
+        return record["chosen"]["method"], record["chosen"]["val_ndcg@10"], record["tried"]
+
+    method, score, tried = chosen(0.0)  # no margin: the best of every variant
+    assert score == max(entry["val_ndcg@10"] for entry in tried)
+    method, score, tried = chosen(10.0)  # EDLAE would have to gain 1,000%: never chosen
+    assert "dropout=" not in method
+    assert score == max(entry["val_ndcg@10"] for entry in tried if "dropout=" not in entry["method"])
+    assert any("dropout=" in entry["method"] for entry in tried), "EDLAE was tried all the same"
