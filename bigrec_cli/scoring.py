@@ -152,6 +152,9 @@ def text_neighbours(
 
     pool = unit(text_vectors[candidates].astype("float32"))
     chosen, weights = [], []
+    # a chunk's similarities, their argpartition's int64 indices and a negated copy: about 16 bytes per pair, so
+    # at 100,000 candidates 1,024 rows held 1.6 GB; chunks are cut to 2^24 pairs
+    chunk = max(1, min(chunk, 2**24 // len(candidates)))  # as metrics.batch_rows, which this layer cannot import
     for start in range(0, len(rows), chunk):
         similarity = unit(text_vectors[rows[start : start + chunk]].astype("float32")) @ pool.T
         top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]

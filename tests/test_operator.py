@@ -443,3 +443,19 @@ def test_edlae_replaces_plain_ease_only_when_it_validates_clearly_better(monkeyp
     assert "dropout=" not in method
     assert score == max(entry["val_ndcg@10"] for entry in tried if "dropout=" not in entry["method"])
     assert any("dropout=" in entry["method"] for entry in tried), "EDLAE was tried all the same"
+
+
+def test_text_neighbours_in_chunks_of_rows_equal_the_whole_similarity_matrix():
+    from bigrec_cli.scoring import text_neighbours
+
+    rng = np.random.default_rng(8)
+    text = rng.normal(size=(20_301, 8)).astype("float32")
+    rows, candidates = np.arange(1, 301), np.arange(301, 20_301)  # 20,000 candidates: chunks of 838 rows at most
+    neighbours, shares = text_neighbours(text, rows, candidates, k=3, chunk=5)
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    similarity = unit[rows] @ unit[candidates].T  # every pair at once, by hand
+    expected = candidates[np.argsort(-similarity, axis=1)[:, :3]]
+    assert np.array_equal(np.sort(neighbours, axis=1), np.sort(expected, axis=1))
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    again, _ = text_neighbours(text, rows, candidates, k=3)  # the default chunk, cut to 838 rows
+    assert np.array_equal(np.sort(again, axis=1), np.sort(neighbours, axis=1))
