@@ -18,7 +18,7 @@ from bigrec_cli.data import RESERVED_ITEM_COLUMNS, event_policy, load_events
 from bigrec_cli.errors import ConfigError, NotTrainedError
 from bigrec_cli.events import token_items
 from bigrec_cli.feedback import open_store
-from bigrec_cli.metrics import batch_rows
+from bigrec_cli.metrics import BATCH_CELLS, batch_rows
 from bigrec_cli.project import ProjectDir, run_index_path
 from bigrec_cli.protocol import left_pad
 from bigrec_cli.scoring import Scorer
@@ -152,7 +152,7 @@ def exact_top(
     sequences: np.ndarray,
     blocked: list[np.ndarray],
     k: int = 10,
-    chunk_cells: int = 2**25,
+    chunk_cells: int = BATCH_CELLS,
 ) -> list[np.ndarray]:
     """Each user's exact top k item columns among the items the user may get (unordered).
 
