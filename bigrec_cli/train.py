@@ -559,8 +559,9 @@ def train(
         phase("fitting the item-to-item term again on training and validation events")
         item_item = refit_item_item(item_item, history_matrix(data.seen, len(item_ids), negative_types), text_vectors)
         item_item_choice["chosen"]["kept_fitted_on"] = "train + validation events"
-    if index_kind(config.index, len(item_ids)) is not None:
-        phase(f"building the {index_kind(config.index, len(item_ids))} index over {len(item_ids):,} items")
+    kind = index_kind(config.index, len(item_ids))
+    if kind is not None:
+        phase(f"building the {kind} index over {len(item_ids):,} items")
     index, index_info = build_index(
         Scorer(weights, item_ids, item_item, event_types), cases, config, policy.exclude_history
     )
