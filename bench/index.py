@@ -20,7 +20,7 @@ Measured:
   against exact ranking of the whole catalog, each user searched on its own as `recommend` does, at each breadth
   of the kind's ladder (IVF nprobe 8 to 512; HNSW efSearch 128 to 4096, each search running with the larger of
   efSearch and the candidates it asks for), and the breadth `bigrec train` would keep (it doubles from 16 lists,
-  or efSearch 256, until recall on validation users reaches 0.98);
+  or efSearch 256, until recall on validation users reaches 0.98, then tries once halfway back);
 - latency of one user's top 10 (one query at a time, faiss on one thread, numpy's BLAS on its default threads),
   at the breadth train keeps: the index path against the exact path (one matrix product over the catalog and a
   partial sort), median and p99 over 500 queries each, measured in the same run.

@@ -36,7 +36,7 @@ HNSW_NEIGHBOURS = 32  # M: graph degree
 # On 30,000 jittered real item vectors (bench/index.py), recall@10 of the answers at efConstruction 40 / 200 was
 # 0.959 / 0.978 with efSearch 128, 0.981 / 0.994 with 256, for 3.3 times the build time: 128 and 256 between them.
 EF_CONSTRUCTION = 128
-# Where `train` starts each kind's breadth, and where it stops doubling it until validation recall suffices.
+# Where `train` starts each kind's breadth, which it doubles until validation recall suffices (recommend.widen).
 START_BREADTH = {"ivf": 16, "hnsw": 256}
 MAX_BREADTH = {"ivf": 1024, "hnsw": 4096}
 BREADTH_NAME = {"ivf": "nprobe", "hnsw": "efSearch"}

@@ -243,13 +243,23 @@ def sampled_recall(
 
 def widen(index: ItemIndex, recall_of: Callable[[], float], target: float | None) -> dict[int, float]:
     """Double the index's breadth (nprobe or efSearch; the last step clipped to its maximum) until `recall_of()`
-    reaches `target` or the breadth its maximum, and leave it there: a larger catalog, or one whose best items are
-    harder to reach, searches more widely. Returns the recall at each breadth tried, in order; with no target, at
-    the breadth as it is. A NaN recall (no users to tell) stops at once."""
+    reaches `target` or the breadth its maximum, then try once halfway back to the breadth before the last step,
+    and leave the index at the narrowest breadth that reached the target (or at the widest tried): a larger catalog,
+    or one whose best items are harder to reach, searches more widely, and the halfway step saves up to a quarter
+    of each query's work where doubling overshot. Returns the recall at each breadth tried, in order; with no
+    target, at the breadth as it is. A NaN recall (no users to tell) stops at once."""
     tried = {index.breadth: recall_of()}
     while target is not None and tried[index.breadth] < target and index.breadth < index.max_breadth:
+        previous = index.breadth
         index.breadth = min(2 * index.breadth, index.max_breadth)
         tried[index.breadth] = recall_of()
+        if tried[index.breadth] >= target and index.breadth - previous > 1:
+            reached = index.breadth
+            index.breadth = (previous + reached) // 2
+            tried[index.breadth] = recall_of()
+            if tried[index.breadth] < target:
+                index.breadth = reached
+            break
     return tried
 
 

@@ -327,7 +327,8 @@ def users_share(sequences: dict[str, np.ndarray], share: float, seed: int) -> di
 def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: bool) -> tuple[ItemIndex | None, dict]:
     """The run's approximate index when `config.index` asks for one, and its recall@10 against exact ranking on
     validation users: the answers `recommend` gives with it against those it gives without. Its breadth (nprobe or
-    efSearch) doubles until that recall reaches INDEX_TARGET_RECALL (or the kind's maximum); the file keeps it."""
+    efSearch) doubles until that recall reaches INDEX_TARGET_RECALL (or the kind's maximum), then tries halfway back
+    (`widen`); the file keeps the narrowest that reached it."""
     kind = index_kind(config.index, scorer.num_items)
     if kind is None:
         return None, {"kind": "exact", "num_items": scorer.num_items}

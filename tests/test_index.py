@@ -100,15 +100,23 @@ def test_widening_doubles_the_breadth_until_recall_reaches_the_target():
         return float(np.mean([len(np.intersect1d(found[row], exact[row])) / 10 for row in range(len(users))]))
 
     tried = widen(index, recall, target=0.99)
-    breadths = list(tried)
-    assert breadths[0] == START_BREADTH["ivf"] and all(b == 2 * a for a, b in zip(breadths, breadths[1:]))
-    assert tried[breadths[-1]] >= 0.99 and all(value < 0.99 for value in list(tried.values())[:-1])
-    assert index.breadth == breadths[-1], "the index stays at the breadth reached"
+    *doubled, halfway = list(tried)
+    assert doubled[0] == START_BREADTH["ivf"] and all(b == 2 * a for a, b in zip(doubled, doubled[1:]))
+    assert tried[doubled[-1]] >= 0.99 and all(tried[breadth] < 0.99 for breadth in doubled[:-1])
+    assert halfway == (doubled[-2] + doubled[-1]) // 2, "then once halfway back"
+    reached = [breadth for breadth, value in tried.items() if value >= 0.99]
+    assert index.breadth == min(reached), "the index stays at the narrowest breadth that reached the target"
+    assert recall() == tried[index.breadth]
     # a target no breadth reaches: doubled up to the number of lists, the last step clipped (256 -> 283)
     index.breadth = START_BREADTH["ivf"]
     assert list(widen(index, recall, target=1.01)) == [16, 32, 64, 128, 256, 283] and index.breadth == 283
     assert list(widen(index, lambda: float("nan"), target=0.98)) == [283], "nothing to tell: no widening"
     assert list(widen(index, recall, target=None)) == [283]
+    # a target the first doubling reaches: halfway back is 24 lists
+    index.breadth = START_BREADTH["ivf"]
+    assert list(widen(index, lambda: index.breadth / 32, target=0.7)) == [16, 32, 24] and index.breadth == 24
+    index.breadth = START_BREADTH["ivf"]
+    assert list(widen(index, lambda: index.breadth / 32, target=0.8)) == [16, 32, 24] and index.breadth == 32
 
 
 def test_an_index_needs_a_known_kind_and_items():
