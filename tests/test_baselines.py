@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bigrec_cli.baselines import EASE, ItemKNN, Pop, interaction_matrix
+from bigrec_cli.baselines import EASE, ItemKNN, Pop, interaction_matrix, symmetric_inverse
 
 
 @pytest.fixture
@@ -33,14 +33,18 @@ def test_ease_closed_form(matrix):
     np.fill_diagonal(expected, 0.0)
     assert np.allclose(model.weights_, expected)
     assert np.allclose(np.diag(model.weights_), 0.0)
-    # scaled in place, the same floating-point operations as dividing into a new matrix: equal to the bit
+    # inverted by its Cholesky factor in place (blocks of rows mirrored), scaled in place: the LU inverse's values
     rng = np.random.default_rng(0)
-    larger = interaction_matrix(*np.nonzero(rng.random((60, 40)) < 0.2), 60, 40)
-    gram = (larger.T @ larger).toarray().astype("float64") + 5.0 * np.eye(40)
+    larger = interaction_matrix(*np.nonzero(rng.random((3000, 2500)) < 0.01), 3000, 2500)
+    gram = (larger.T @ larger).toarray().astype("float64") + 5.0 * np.eye(2500)
     precision = np.linalg.inv(gram)
     divided = precision / -np.diag(precision)
     np.fill_diagonal(divided, 0.0)
-    assert np.array_equal(EASE(l2=5.0).fit(larger).weights_, divided)
+    weights = EASE(l2=5.0).fit(larger).weights_
+    assert weights.flags.c_contiguous and np.allclose(weights, divided, rtol=0, atol=1e-12)
+    assert np.array_equal(gram, gram.T) and np.array_equal(symmetric_inverse(gram.copy()), symmetric_inverse(gram).T)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        symmetric_inverse(np.array([[1.0, 2.0], [2.0, 1.0]]))
 
 
 def test_edlae_is_ease_whose_penalty_grows_with_each_items_count(matrix):
