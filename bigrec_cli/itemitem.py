@@ -137,10 +137,13 @@ class ItemItem:
             (shares.ravel(), (neighbours.ravel(), np.repeat(rows, neighbours.shape[1]))), shape=(size, size)
         )
         matrix = self.matrix + self.matrix @ mix  # column j = Σ_k share_k S[:, k]: what speaks for j
-        matrix = (matrix + mix.T @ matrix).tolil()  # row j = Σ_k share_k S[k, :]: what j speaks for
-        matrix.setdiag(0.0)
-        matrix = matrix.tocsr()
+        matrix = (matrix + mix.T @ matrix).tocsr()  # row j = Σ_k share_k S[k, :]: what j speaks for
+        # the diagonal dropped in CSR itself: a LIL copy (a Python list entry per neighbour) of 100,000 items ×
+        # 200 neighbours was the largest allocation of a 10M-event train (bench/NOTES.md)
+        rows = np.repeat(np.arange(size), np.diff(matrix.indptr))
+        matrix.data[rows == matrix.indices] = 0.0
         matrix.eliminate_zeros()
+        matrix.sort_indices()
         return self.with_(matrix=matrix.astype("float32"))
 
     def grow(self, rows: int) -> "ItemItem":
