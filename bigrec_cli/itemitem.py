@@ -36,7 +36,9 @@ from bigrec_cli.vectors import load_arrays, save_arrays
 
 EASE_MAX_ITEMS = 12_000  # EASE inverts an items × items matrix: beyond this, cosine ItemKNN (sparse) instead
 NEIGHBOURS = 200
-COSINE_BLOCK_CELLS = 2**25  # similarities ItemKNN computes at once (128 MiB of float32)
+# similarities ItemKNN computes at once: 64 MiB of float32, held several times over by the sparse product,
+# the dense block, its negated copy and argpartition's int64 indices (2^25 until the 10M-event run)
+COSINE_BLOCK_CELLS = 2**24
 # (λ, input dropout p) of each EASE fit tried: plain EASE, then EDLAE (p 0.5: each item's penalty grows by its own
 # count). Chosen on half the validation users and read on the other half, both ways round, EDLAE beat plain EASE by
 # 3.2% and 1.4% on online-retail-25, by 3.0% and -0.1% on ML-100K (bench/NOTES.md)
