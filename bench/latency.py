@@ -12,8 +12,8 @@ events each; the model is trained for one epoch (timing only, quality is irrelev
 - feedback-to-effect (1 worker): POST /feedback of one event for a user, then GET /recommend for that user; the time
   from sending the POST to receiving a recommendation that reflects the event (the item now counts as seen),
   median over 30 trials.
-- mixed (1 and 2 workers, one run each, in that order, both servers started before the first, so the 2-worker run
-  starts on a store that already holds the 1-worker run's posted events; its own project: the
+- mixed (1 and 2 workers, 3 runs each (BENCH_REPEATS), alternating as above, both servers started before the
+  first, so every run starts on a store that holds the earlier runs' posted events; its own project: the
   same catalog, 100,000 users; user n has min(300, 5 + round(300 / (n + 1))) events, i.e. Zipf-distributed
   activity, the last one at a random time over 30 days; trained one epoch): served with `--warm-users 20000`, so
   only the 20,000 most recently active users' LSTM states are computed before the load (by each worker); a
@@ -21,8 +21,9 @@ events each; the model is trained for one epoch (timing only, quality is irrelev
   workers; 8 k6 virtual users for 60 s, each drawing user n with probability ∝ 1 / (n + 1) (the same Zipf order),
   GET /recommend for them and, with probability 1/18, POST /feedback of that answer's first item followed by that
   user's next GET /recommend, which must no longer list the item: 5% of all requests are POSTs. GET and POST
-  latencies are reported apart (p50 / p99 / max), with how many posted events the next answer reflected, and errors
-  (any status but 200).
+  latencies are reported apart (p50 / p99 / max, and requests/s: each the median of a server's 3 runs, every run
+  listed too), with how many posted events the next answer reflected, and errors (any status but 200), summed
+  over the runs.
 - cli: wall time of `bigrec recommend --user U --k 10` in a fresh process, median of 7.
 - batch: `Recommender.recommend_many` for all 5,000 users, top-10 over 10,000 items, median of 3 (model loaded,
   its cache of LSTM states emptied before each run).
@@ -243,6 +244,20 @@ def mixed_run(port: int) -> dict:
     }
 
 
+MIXED_MEDIANS = ("get_p50_ms", "get_p99_ms", "get_max_ms", "post_p50_ms", "post_p99_ms", "post_max_ms", "rps")
+MIXED_SUMS = ("requests", "gets", "posts", "feedback_reflected", "feedback_not_reflected", "errors")
+
+
+def summarize_mixed(runs: list[dict]) -> dict:
+    """A server's mixed runs: latencies and requests/s as medians over the runs, counts summed, every run kept."""
+    summary = {"users": MIXED_USERS, "warm_users": WARM_USERS}
+    summary |= {key: statistics.median(run[key] for run in runs) for key in MIXED_MEDIANS}
+    summary |= {key: sum(run[key] for run in runs) for key in MIXED_SUMS}
+    summary["post_share"] = summary["posts"] / max(summary["requests"], 1)
+    summary["runs"] = [{key: run[key] for key in MIXED_MEDIANS} for run in runs]
+    return summary
+
+
 def listeners(port: int) -> int:
     """How many sockets listen on the port (Linux /proc/net/tcp*): one per `bigrec serve` worker that is ready."""
     found = 0
@@ -304,6 +319,8 @@ def rounded(value):
         return round(value, 3)
     if isinstance(value, dict):
         return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
     return value
 
 
@@ -349,7 +366,11 @@ def main() -> None:
         ports = {
             workers: servers.enter_context(serving(mixed, workers, warm_users=WARM_USERS)) for workers in WORKER_COUNTS
         }
-        mixed_results = {str(workers): mixed_run(ports[workers]) for workers in WORKER_COUNTS}
+        mixed_runs: dict[int, list[dict]] = {workers: [] for workers in WORKER_COUNTS}
+        for _ in range(REPEATS):
+            for workers in WORKER_COUNTS:
+                mixed_runs[workers].append(mixed_run(ports[workers]))
+    mixed_results = {str(workers): summarize_mixed(mixed_runs[workers]) for workers in WORKER_COUNTS}
 
     serve = by_workers["1"]
     result = {
