@@ -117,11 +117,13 @@ bench-latency: install bench-k6
 bench-soak: install
 	$(BIN)/python bench/soak.py
 
-# The approximate index over INDEX_ITEMS jittered copies of ML-100K's trained item vectors: build, recall@10, latency.
+# The approximate index over INDEX_ITEMS items made from ML-100K's trained item vectors: build, recall@10, latency,
+# and the catalog served end to end under k6 for INDEX_SERVE_SECONDS per run (0: not served).
 INDEX_ITEMS ?= 1000000
+INDEX_SERVE_SECONDS ?= 30
 .PHONY: bench-index
-bench-index: install
-	$(BIN)/python bench/index.py --items $(INDEX_ITEMS)
+bench-index: install bench-k6
+	$(BIN)/python bench/index.py --items $(INDEX_ITEMS) --serve $(INDEX_SERVE_SECONDS)
 
 # Synthetic Zipf events at scale through preprocess (add extract,extract-2,train,train-2 with SCALE_STAGES: -2 runs
 # --workers 2); 100M: SCALE_EVENTS=100000000.
