@@ -13,7 +13,8 @@ events each; the model is trained for one epoch (timing only, quality is irrelev
   from sending the POST to receiving a recommendation that reflects the event (the item now counts as seen),
   median over 30 trials.
 - mixed (1 and 2 workers, 3 runs each (BENCH_REPEATS), alternating as above, both servers started before the
-  first, so every run starts on a store that holds the earlier runs' posted events; its own project: the
+  first, on an empty feedback store (an earlier benchmark's is removed first), so every later run starts on a store
+  that holds the earlier runs' posted events; its own project: the
   same catalog, 100,000 users; user n has min(300, 5 + round(300 / (n + 1))) events, i.e. Zipf-distributed
   activity, the last one at a random time over 30 days; trained one epoch): served with `--warm-users 20000`, so
   only the 20,000 most recently active users' LSTM states are computed before the load (by each worker); a
@@ -133,6 +134,13 @@ def mixed_project() -> Path:
         counts = [min(300, 5 + round(300 / (user + 1))) for user in range(MIXED_USERS)]
         last = np.random.default_rng(2).integers(1_700_000_000, 1_700_000_000 + 30 * 86_400, size=MIXED_USERS)
         build_project(project, counts, [int(value) for value in last])
+    # Every benchmark starts from the trained project's own events, as on a fresh clone: the feedback an earlier
+    # benchmark posted would lengthen the most active users' histories, which every request reads whole.
+    from bigrec_cli.project import ProjectDir
+
+    store = ProjectDir(project).feedback_db
+    for path in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        path.unlink(missing_ok=True)
     return project
 
 
