@@ -127,20 +127,23 @@ def one_seed(project, seed: int) -> dict:
     # what the LSTM reads (item and event type) and which items are left out of the ranking
     tokens = {user: group.to_numpy() for user, group in seen.groupby("user_id")["token"]}
     histories = {user: group.to_numpy() for user, group in seen.groupby("user_id")["index"]}
+    stamps = {user: group.to_numpy(dtype="float64") for user, group in seen.groupby("user_id")["timestamp"]}
     users = tests["user_id"].tolist()
     user_histories = [histories.get(user, np.zeros(0, "int64")) for user in users]
     targets = tests["index"].to_numpy() - 1
     excluded = [history - 1 for history in user_histories]
     user_tokens = [tokens.get(user, np.zeros(0, "int64")) for user in users]
-    logits = scorer.logits(left_pad(user_tokens, config.max_len))
+    user_times = [stamps.get(user, np.zeros(0)) for user in users]
+    logits = scorer.logits(left_pad(user_tokens, config.max_len), left_pad(user_times, config.max_len, "float64"))
     model_ranks = ranks_of_targets(logits, targets, excluded)
     model_report = ranking_report(model_ranks, (10,))
 
     warm_tests = events[(events["split"] == SPLIT_TEST) & ~events["item_id"].isin(cold)]
     warm_histories = [histories.get(user, np.zeros(0, "int64")) for user in warm_tests["user_id"]]
     warm_tokens = [tokens.get(user, np.zeros(0, "int64")) for user in warm_tests["user_id"]]
+    warm_times = [stamps.get(user, np.zeros(0)) for user in warm_tests["user_id"]]
     warm_ranks = ranks_of_targets(
-        scorer.logits(left_pad(warm_tokens, config.max_len)),
+        scorer.logits(left_pad(warm_tokens, config.max_len), left_pad(warm_times, config.max_len, "float64")),
         warm_tests["index"].to_numpy() - 1,
         [h - 1 for h in warm_histories],
     )

@@ -207,7 +207,7 @@ def main() -> None:
     from bigrec_cli.artifacts import load_run, run_scorer
     from bigrec_cli.data import SPLIT_VALID, load_events
     from bigrec_cli.events import token_items
-    from bigrec_cli.protocol import holdout_cases, indexed_events, left_pad
+    from bigrec_cli.protocol import holdout_cases, indexed_events
     from bigrec_cli.recommend import exact_top, index_recall, index_top_k, widen
     from bigrec_cli.train import INDEX_TARGET_RECALL
 
@@ -216,7 +216,7 @@ def main() -> None:
     real = run_scorer(run)
     scorer, scale = synthetic_scorer(real, options.items, np.random.default_rng(0), options.jitter, options.copies)
     cases = holdout_cases(indexed_events(load_events(project), run.item_ids, run.event_types), SPLIT_VALID)
-    sequences = left_pad(cases.histories, run.config.max_len)
+    sequences, times = cases.padded(0, len(cases.histories), run.config.max_len)
     states = scorer.user_states(sequences)
     blocked = [token_items(history) - 1 for history in cases.histories]
     started = time.perf_counter()
@@ -224,11 +224,11 @@ def main() -> None:
     build_seconds = time.perf_counter() - started
     print(f"{options.items:,} items: index built in {build_seconds:.1f} s", file=sys.stderr)
     faiss.omp_set_num_threads(1)
-    best = exact_top(scorer, states, sequences, blocked, 10)
+    best = exact_top(scorer, states, sequences, blocked, 10, times=times)
     recall = {}
     for breadth in BREADTHS[options.kind]:
         index.breadth = breadth
-        recall[breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best)
+        recall[breadth] = index_recall(scorer, index, states, sequences, blocked, 10, best, times=times)
         print(f"{annindex.BREADTH_NAME[index.kind]} {breadth}: recall@10 {recall[breadth]:.4f}", file=sys.stderr)
     # what train keeps: its own ladder (recommend.widen) from the kind's start, on these validation users
     index.breadth = annindex.START_BREADTH[options.kind]
@@ -237,7 +237,7 @@ def main() -> None:
         lambda: (
             recall[index.breadth]
             if index.breadth in recall
-            else index_recall(scorer, index, states, sequences, blocked, 10, best)
+            else index_recall(scorer, index, states, sequences, blocked, 10, best, times=times)
         ),
         INDEX_TARGET_RECALL,
     )
@@ -247,11 +247,12 @@ def main() -> None:
     timings: dict[str, list[float]] = {"index": [], "exact": []}
     for user in queries:  # alternate the two paths, so that both see the same machine
         one, seq, skip = states[user : user + 1], sequences[user : user + 1], [blocked[user]]
+        stamps = times[user : user + 1]
         started = time.perf_counter()
-        index_top_k(scorer, index, one, seq, skip, 10)
+        index_top_k(scorer, index, one, seq, skip, 10, times=stamps)
         timings["index"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        logits = scorer.logits_from_states(one, seq)
+        logits = scorer.logits_from_states(one, seq, stamps)
         logits[0, skip[0]] = -np.inf
         top = np.argpartition(-logits[0], 10)[:10]
         top[np.argsort(-logits[0, top])]

@@ -53,6 +53,7 @@ def choose_cold_boost(
     seed: int = 0,
     exclude_history: bool = True,
     batch_size: int = 512,
+    times: list[np.ndarray] | None = None,
 ) -> tuple[float, dict]:
     """The logit boost for items without interactions, and what was tried.
 
@@ -65,6 +66,8 @@ def choose_cold_boost(
         cost: Share of the other events' validation NDCG@10 the boost may cost (0: no boost).
         seed: Seeds the choice of posing items.
         exclude_history: Whether history items are left out of the ranking (repeats not allowed).
+        batch_size: Cases scored at once.
+        times: The time stamps of each history's steps (the item-to-item term may count ages in time).
     """
     known = np.flatnonzero(~cold)[1:]
     if len(known) < 2:  # nothing to pose as new, or nothing left to borrow from
@@ -84,7 +87,8 @@ def choose_cold_boost(
     states = {start: scorer.user_states(left_pad(histories[start:stop], max_len)) for start, stop in batches}
 
     def logits(start: int, stop: int) -> np.ndarray:
-        return posed.logits_from_states(states[start], left_pad(histories[start:stop], max_len))
+        stamps = None if times is None else left_pad(times[start:stop], max_len, "float64")
+        return posed.logits_from_states(states[start], left_pad(histories[start:stop], max_len), stamps)
 
     spread = batched_std(logits, batches) or 1.0  # of every validation logit: the grid's unit
     ranks: list[list[np.ndarray]] = [[] for _ in BOOST_GRID]

@@ -15,7 +15,7 @@ from bigrec_cli.errors import DataError
 from bigrec_cli.events import token_items
 from bigrec_cli.metrics import CUTOFFS, batch_rows, log_loss, ranking_report, ranks_of_targets, roc_auc
 from bigrec_cli.project import RUN_HISTORY, ProjectDir, atomic_write_json, read_json, run_index_path
-from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, left_pad, scorer_ranks
+from bigrec_cli.protocol import PROTOCOL, HoldoutCases, holdout_cases, indexed_events, scorer_ranks
 from bigrec_cli.recommend import sampled_recall
 from bigrec_cli.scoring import Scorer
 
@@ -32,7 +32,7 @@ def sampled_classification(
     size = batch_rows(num_items, 512)
     for start in range(0, len(cases.user_ids), size):
         histories = cases.histories[start : start + size]
-        probs = scorer.probabilities(left_pad(histories, max_len))
+        probs = scorer.probabilities(*cases.padded(start, start + size, max_len))
         for row, history in enumerate(histories):
             target = cases.targets[start + row] - 1
             forbidden = set((token_items(history) - 1).tolist()) | {int(target)}
@@ -150,7 +150,7 @@ def evaluate(
     if index_path.exists():
         # Ranking above stays exact; this is how often the index's answers (what recommend and serve give) agree.
         index = ItemIndex.load(index_path)
-        report["index"] = sampled_recall(scorer, index, cases.histories, max_len, exclude, seed)
+        report["index"] = sampled_recall(scorer, index, cases, max_len, exclude, seed)
     report["protocol"] = {
         "split": PROTOCOL if exclude else PROTOCOL.replace("with the user's history excluded", "history items allowed"),
         "repeats": policy.repeats,

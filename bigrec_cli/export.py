@@ -4,7 +4,9 @@ The graph is the numpy scorer written in TensorFlow ops: item vectors, the Keras
 activations from `scoring`), the history mean, the head and the item-to-item term; a padded step keeps the state,
 as Keras' mask does. Two signatures take left-padded item indices (int64, 0 = padding, most recent last):
 `logits` returns (batch, items) logits for items 1…N, and `serving_default` the top `k` items not in the history
-(their ids, 1-based indices and probabilities).
+(their ids, 1-based indices and probabilities). When the run's item-to-item term counts ages in time (steps at one
+time stamp share an age), both also take `times`: (batch, max_len) float64, each step's time stamp, aligned with
+the sequences.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ScorerModule(tf.Module):
         self.calibration = tf.constant(weights.calibration)
         term = scorer.item_item
         self.decay = term.decay if term is not None else 1.0
+        self.ages_in_time = term is not None and term.age_unit == "time"
         self.repeat_weight = term.repeat_weight if term is not None else 0.0
         self.negative_types = list(term.negative_types) if term is not None else []
         if term is not None:
@@ -64,10 +67,18 @@ class ScorerModule(tf.Module):
         else:
             self.item_item = None
         spec = tf.TensorSpec([None, max_len], tf.int64, name="sequences")
-        self.logits = tf.function(self._logits, input_signature=[spec])
-        self.top_k = tf.function(self._top_k, input_signature=[spec, tf.TensorSpec([], tf.int32, name="k")])
+        k = tf.TensorSpec([], tf.int32, name="k")
+        if self.ages_in_time:
+            times = tf.TensorSpec([None, max_len], tf.float64, name="times")
+            self.logits = tf.function(self._logits, input_signature=[spec, times])
+            self.top_k = tf.function(
+                lambda sequences, times, k: self._top_k(sequences, k, times), input_signature=[spec, times, k]
+            )
+        else:
+            self.logits = tf.function(self._logits, input_signature=[spec])
+            self.top_k = tf.function(self._top_k, input_signature=[spec, k])
 
-    def _logits(self, tokens: tf.Tensor) -> tf.Tensor:
+    def _logits(self, tokens: tf.Tensor, times: tf.Tensor | None = None) -> tf.Tensor:
         """Logits for left-padded token rows (item index + event type × TYPE_STRIDE), as `Scorer.logits`."""
         sequences, types = tf.math.floormod(tokens, TYPE_STRIDE), tf.math.floordiv(tokens, TYPE_STRIDE)
         batch = tf.shape(sequences)[0]
@@ -92,19 +103,22 @@ class ScorerModule(tf.Module):
         users = hidden @ self.user_kernel + self.user_bias + means @ self.history_kernel
         logits = users @ tf.transpose(self.output_vectors) + self.output_bias
         if self.item_item is not None:  # each distinct history item once, at decay^(age of its latest occurrence)
-            ages = tf.range(self.max_len - 1, -1, -1, dtype=tf.float32)
+            ages = tf.range(self.max_len - 1, -1, -1, dtype=tf.float32)[None, :]
+            if times is not None:  # how many distinct times come after each step (as `itemitem.step_ages`)
+                changes = tf.pad(tf.cast(times[:, 1:] != times[:, :-1], tf.float32), [[0, 0], [1, 0]])
+                ages = tf.cumsum(changes, axis=1, reverse=True) - changes
             positive = present
             if self.negative_types:  # negative steps (cancel, dislike) never speak for an item in the term
                 negative = tf.reduce_any(types[:, :, None] == tf.constant(self.negative_types, tf.int64), axis=-1)
                 positive = present * (1.0 - tf.cast(negative, tf.float32))
-            recency = tf.pow(tf.constant(self.decay, tf.float32), ages)[None, :] * positive
+            recency = tf.pow(tf.constant(self.decay, tf.float32), ages) * positive
             history = tf.reduce_max(tf.one_hot(sequences, self.num_rows) * recency[:, :, None], axis=1)
             term = tf.sparse.sparse_dense_matmul(self.item_item, tf.transpose(history), adjoint_a=True)
             logits += tf.transpose(term)[:, 1:] + self.repeat_weight * history[:, 1:]
         return logits
 
-    def _top_k(self, sequences: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self._logits(sequences)
+    def _top_k(self, sequences: tf.Tensor, k: tf.Tensor, times: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        logits = self._logits(sequences, times)
         items = tf.math.floormod(sequences, TYPE_STRIDE)
         if self.exclude_history:
             seen = tf.reduce_max(tf.one_hot(items - 1, self.num_rows - 1), axis=1) > 0

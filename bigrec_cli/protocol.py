@@ -27,11 +27,17 @@ class HoldoutCases:
         user_ids: The users, one per case.
         histories: Item indices (1-based) the user interacted with before the target, oldest first.
         targets: Item index of the held-out event.
+        times: The time stamp of each history step (what the item-to-item term's ages in time count).
     """
 
     user_ids: list[str]
     histories: list[np.ndarray]
     targets: np.ndarray
+    times: list[np.ndarray]
+
+    def padded(self, start: int, stop: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cases start…stop as left-padded rows: (tokens, the steps' times)."""
+        return left_pad(self.histories[start:stop], max_len), left_pad(self.times[start:stop], max_len, "float64")
 
 
 def event_vocabulary(events: pd.DataFrame, negative_events: tuple[str, ...]) -> list[str]:
@@ -94,10 +100,16 @@ def holdout_cases(events: pd.DataFrame, target_split: str) -> HoldoutCases:
     """Return the validation (`valid`) or test (`test`) cases: history is everything before the target split."""
     history_splits = (SPLIT_TRAIN,) if target_split == SPLIT_VALID else (SPLIT_TRAIN, SPLIT_VALID)
     histories = user_sequences(events, history_splits)
+    times = user_sequences(events, history_splits, column="timestamp")
     targets = events[events["split"] == target_split].sort_values("user_id")
     user_ids = targets["user_id"].tolist()
-    empty = np.zeros(0, dtype="int64")
-    return HoldoutCases(user_ids, [histories.get(user, empty) for user in user_ids], targets["index"].to_numpy())
+    empty, no_times = np.zeros(0, dtype="int64"), np.zeros(0, dtype="float64")
+    return HoldoutCases(
+        user_ids,
+        [histories.get(user, empty) for user in user_ids],
+        targets["index"].to_numpy(),
+        [np.asarray(times.get(user, no_times), dtype="float64") for user in user_ids],
+    )
 
 
 def scaled_weights(weights: np.ndarray, scale: str) -> np.ndarray:
@@ -207,13 +219,17 @@ def sample_cases(cases: HoldoutCases, limit: int, seed: int) -> HoldoutCases:
     )
     kept = np.sort(np.argsort(keys, kind="stable")[:limit])
     return HoldoutCases(
-        [cases.user_ids[row] for row in kept], [cases.histories[row] for row in kept], cases.targets[kept]
+        [cases.user_ids[row] for row in kept],
+        [cases.histories[row] for row in kept],
+        cases.targets[kept],
+        [cases.times[row] for row in kept],
     )
 
 
-def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
-    """Return (len(histories), max_len) rows holding the last max_len indices of each history, right-aligned."""
-    rows = np.zeros((len(histories), max_len), dtype="int64")
+def left_pad(histories: list[np.ndarray], max_len: int, dtype: str = "int64") -> np.ndarray:
+    """Return (len(histories), max_len) rows holding the last max_len values (indices, or the steps' times) of
+    each history, right-aligned."""
+    rows = np.zeros((len(histories), max_len), dtype=dtype)
     for row, history in enumerate(histories):
         tail = history[-max_len:]
         if len(tail):
@@ -229,7 +245,7 @@ def scorer_ranks(
     ranks, batch_size = [], batch_rows(scorer.num_items, batch_size)
     for start in range(0, len(cases.user_ids), batch_size):
         stop = start + batch_size
-        logits = scorer.logits(left_pad(cases.histories[start:stop], max_len))
+        logits = scorer.logits(*cases.padded(start, stop, max_len))
         excluded = [token_items(history) - 1 for history in cases.histories[start:stop]] if exclude_history else None
         ranks.append(ranks_of_targets(logits, cases.targets[start:stop] - 1, excluded))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype="int64")

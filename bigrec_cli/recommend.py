@@ -20,7 +20,7 @@ from bigrec_cli.events import token_items
 from bigrec_cli.feedback import open_store
 from bigrec_cli.metrics import BATCH_CELLS, batch_rows
 from bigrec_cli.project import ProjectDir, run_index_path
-from bigrec_cli.protocol import left_pad
+from bigrec_cli.protocol import HoldoutCases, left_pad
 from bigrec_cli.scoring import Scorer
 
 MAX_K = 1000
@@ -96,6 +96,7 @@ def index_top_k(
     k: int,
     allowed: np.ndarray | None = None,
     always: np.ndarray | None = None,
+    times: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Each user's top k (item columns, exact logits) among the index's candidates.
 
@@ -103,12 +104,13 @@ def index_top_k(
     added after the index was built) and, with an item-to-item term, the items it scores highest join them. Every
     candidate is then scored exactly, exactly as without an index, so the answer differs from the exact one only
     where the best items were never proposed; a user's answer never depends on the other users of the batch. None
-    for a user whose filters left fewer than k candidates: the caller ranks that user exactly.
+    for a user whose filters left fewer than k candidates: the caller ranks that user exactly. `times`: the steps'
+    time stamps, aligned with `sequences` (for a term whose ages count time).
     """
     blocked = [np.unique(columns) for columns in blocked]
     counts = np.array([k + len(columns) + OVERFETCH for columns in blocked], dtype="int64")
     proposed = index.candidates(states, counts)
-    term = scorer.item_item.sparse_scores(sequences) if scorer.item_item is not None else None
+    term = scorer.item_item.sparse_scores(sequences, times) if scorer.item_item is not None else None
     answers: list[tuple[np.ndarray, np.ndarray] | None] = []
     for row in range(len(states)):
         columns = proposed[row]
@@ -153,6 +155,7 @@ def exact_top(
     blocked: list[np.ndarray],
     k: int = 10,
     chunk_cells: int = BATCH_CELLS,
+    times: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Each user's exact top k item columns among the items the user may get (unordered).
 
@@ -163,12 +166,14 @@ def exact_top(
         blocked: Each user's item columns left out of the ranking.
         k: How many.
         chunk_cells: Users are ranked in chunks of about this many logits, never all at once.
+        times: The steps' time stamps, aligned with `sequences` (for a term whose ages count time).
     """
     tops: list[np.ndarray] = []
     step = max(1, chunk_cells // max(scorer.num_items, 1))
     for start in range(0, len(states), step):
         stop = min(start + step, len(states))
-        exact = scorer.logits_from_states(states[start:stop], sequences[start:stop])
+        stamps = None if times is None else times[start:stop]
+        exact = scorer.logits_from_states(states[start:stop], sequences[start:stop], stamps)
         for row, columns in enumerate(blocked[start:stop]):
             exact[row, columns] = -np.inf
         keep = min(k, exact.shape[1] - 1)
@@ -185,16 +190,20 @@ def index_recall(
     blocked: list[np.ndarray],
     k: int = 10,
     best: list[np.ndarray] | None = None,
+    times: np.ndarray | None = None,
 ) -> float:
     """Recall@k of the index's answers against exact ranking: the share of the exact top k (of the items a user may
-    get) that it returns. `best`: the users' `exact_top`, when already known."""
+    get) that it returns. `best`: the users' `exact_top`, when already known; `times`: the steps' time stamps."""
     if not len(states):
         return float("nan")
-    best = exact_top(scorer, states, sequences, blocked, k) if best is None else best
+    best = exact_top(scorer, states, sequences, blocked, k, times=times) if best is None else best
     hits, wanted = 0, 0
     for start in range(0, len(states), 512):
         stop = min(start + 512, len(states))
-        found = index_top_k(scorer, index, states[start:stop], sequences[start:stop], blocked[start:stop], k)
+        stamps = None if times is None else times[start:stop]
+        found = index_top_k(
+            scorer, index, states[start:stop], sequences[start:stop], blocked[start:stop], k, times=stamps
+        )
         for answer, exact in zip(found, best[start:stop]):
             wanted += len(exact)
             hits += len(exact) if answer is None else len(np.intersect1d(answer[0], exact))
@@ -204,33 +213,34 @@ def index_recall(
 def sampled_recall(
     scorer: Scorer,
     index: ItemIndex,
-    histories: list[np.ndarray],
+    cases: HoldoutCases,
     max_len: int,
     exclude_history: bool,
     seed: int,
     sample: int = 2_000,
     target: float | None = None,
 ) -> dict:
-    """Recall@10 of the index against exact ranking for (up to `sample`) users with these histories.
+    """Recall@10 of the index against exact ranking for (up to `sample`) users of these cases (their histories).
 
     Args:
         scorer: The run's scorer.
         index: Its index; with a `target`, left at the breadth reached.
-        histories: The users' token sequences.
+        cases: The users, with their token sequences and the steps' times.
         max_len: Steps the LSTM reads.
         exclude_history: Whether history items are left out of the ranking.
         seed: Seeds the choice of users.
         sample: At most this many users.
         target: Widen the index (see `widen`) until its recall reaches this; None: measure it as it is.
     """
-    rows = sorted(np.random.default_rng([seed, 11]).permutation(len(histories))[:sample])
-    chosen = [histories[row] for row in rows]
+    rows = sorted(np.random.default_rng([seed, 11]).permutation(len(cases.histories))[:sample])
+    chosen = [cases.histories[row] for row in rows]
     sequences = left_pad(chosen, max_len)
+    times = left_pad([cases.times[row] for row in rows], max_len, "float64")
     states = scorer.user_states(sequences) if len(sequences) else np.zeros((0, scorer.output_vectors.shape[1]))
     empty = np.zeros(0, dtype="int64")
     blocked = [token_items(history) - 1 if exclude_history else empty for history in chosen]
-    best = exact_top(scorer, states, sequences, blocked, 10)
-    tried = widen(index, lambda: index_recall(scorer, index, states, sequences, blocked, 10, best), target)
+    best = exact_top(scorer, states, sequences, blocked, 10, times=times)
+    tried = widen(index, lambda: index_recall(scorer, index, states, sequences, blocked, 10, best, times=times), target)
     return {
         "kind": index.kind,
         "recall@10": tried[index.breadth],
@@ -377,29 +387,41 @@ class Recommender:
             result.append(sorted([*base, *extra], key=lambda row: row[1]))
         return result
 
-    def sequences(self, user_ids: list[str]) -> list[list[tuple[str, str]]]:
-        """The (item, event type) sequences the LSTM reads, in time order (see `_sequence`)."""
+    def sequences(self, user_ids: list[str]) -> list[list[tuple[str, str, float]]]:
+        """The (item, event type, time) steps the LSTM reads, in time order (see `_sequence`)."""
         return [self._sequence(rows) for rows in self.behaviour(user_ids)]
 
-    def _sequence(self, rows: list[tuple[str, float, str]]) -> list[tuple[str, str]]:
+    def _sequence(self, rows: list[tuple[str, float, str]]) -> list[tuple[str, str, float]]:
         """Every positive event, and every negative one whose type the run learned (a model trained before event
         types never saw negatives); with the project's `--dedupe latest`, each item once at its latest event."""
         negative, known = self.policy.negative_events, self.scorer.type_of
-        steps = [(item, event) for item, _, event in rows if event not in negative or event in known]
+        steps = [(item, event, time) for item, time, event in rows if event not in negative or event in known]
         if self.policy.dedupe != "latest":
             return steps
-        latest = {item: position for position, (item, _) in enumerate(steps)}
+        latest = {step[0]: position for position, step in enumerate(steps)}
         return [steps[position] for position in sorted(latest.values())]
 
     def _positives(self, rows: list[tuple[str, float, str]]) -> list[str]:
         """The items of the user's positive events, each once (the history that `--repeats exclude` keeps out)."""
         return list(dict.fromkeys(item for item, _, event in rows if event not in self.policy.negative_events))
 
-    def encode(self, sequences: list[list[tuple[str, str]]]) -> np.ndarray:
+    def encode(self, sequences: list[list[tuple[str, str, float]]]) -> np.ndarray:
         return self.scorer.encode_sequences(
-            [[item for item, _ in steps] for steps in sequences],
+            [[step[0] for step in steps] for steps in sequences],
             self.max_len,
-            [[event for _, event in steps] for steps in sequences],
+            [[step[1] for step in steps] for steps in sequences],
+        )
+
+    def encode_times(self, sequences: list[list[tuple[str, str, float]]]) -> np.ndarray | None:
+        """The steps' times aligned with `encode`'s rows, when the run's item-to-item term counts ages in time
+        (None otherwise: nothing reads them)."""
+        term = self.scorer.item_item
+        if term is None or term.age_unit != "time":
+            return None
+        return self.scorer.encode_times(
+            [[step[0] for step in steps] for steps in sequences],
+            [[step[2] for step in steps] for steps in sequences],
+            self.max_len,
         )
 
     def _rejected(self, rows: list[tuple[str, float, str]]) -> list[str]:
@@ -455,18 +477,20 @@ class Recommender:
         histories = [self._sequence(rows) for rows in behaviour]
         blocked = [(self._positives(rows) if exclude_seen else []) + self._rejected(rows) for rows in behaviour]
         warm = [
-            row for row, history in enumerate(histories) if any(item in self.scorer.index_of for item, _ in history)
+            row for row, history in enumerate(histories) if any(step[0] in self.scorer.index_of for step in history)
         ]
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:
             # Batch users of similar history length together: fewer padded LSTM steps.
             warm.sort(key=lambda row: len(histories[row]))
             sequences = self.encode([histories[row] for row in warm])
+            times = self.encode_times([histories[row] for row in warm])
             states = self._user_states(sequences)
             size = batch_rows(self.scorer.num_items, 512)  # users whose logits over the catalog are held at once
             for start in range(0, len(warm), size):
                 rows = warm[start : start + size]
                 block_states, block_sequences = states[start : start + size], sequences[start : start + size]
+                block_times = None if times is None else times[start : start + size]
                 exact = rows
                 if self.index is not None:
                     found = index_top_k(
@@ -478,6 +502,7 @@ class Recommender:
                         k,
                         allowed,
                         always=self.added_columns,
+                        times=block_times,
                     )
                     for row, answer in zip(rows, found):
                         if answer is not None:
@@ -486,9 +511,10 @@ class Recommender:
                     exact = [row for row, answer in zip(rows, found) if answer is None]
                     positions = [rows.index(row) for row in exact]
                     block_states, block_sequences = block_states[positions], block_sequences[positions]
+                    block_times = None if block_times is None else block_times[positions]
                 if not exact:
                     continue
-                logits = self.scorer.logits_from_states(block_states, block_sequences)
+                logits = self.scorer.logits_from_states(block_states, block_sequences, block_times)
                 if allowed is not None:
                     logits[:, ~allowed] = -np.inf
                 for row, items in zip(exact, self._top_k(logits, [blocked[row] for row in exact], k)):
@@ -506,23 +532,24 @@ class Recommender:
                 self._explain(answer, histories[row])
         return answers
 
-    def _explain(self, answer: dict, history: list[tuple[str, str]], top: int = 3) -> None:
+    def _explain(self, answer: dict, history: list[tuple[str, str, float]], top: int = 3) -> None:
         """Add `because` to each item: the history items whose removal lowers its logit most (occlusion).
 
         One batched pass: the history with each of its last `max_len` items left out in turn, scored for the
         recommended items only.
         """
         steps = [step for step in history if step[0] in self.scorer.index_of][-self.max_len :]
-        known = [item for item, _ in steps]
+        known = [step[0] for step in steps]
         if not known or not answer["items"]:
             return
         variants = [steps[:position] + steps[position + 1 :] for position in range(len(steps))]
         sequences = self.encode([steps, *variants])
+        times = self.encode_times([steps, *variants])
         states = self.scorer.user_states(sequences)
         columns = np.array([self.scorer.index_of[item["item_id"]] for item in answer["items"]])
         logits = states @ self.scorer.output_vectors[columns].T + self.scorer.output_bias[columns]
         if self.scorer.item_item is not None:
-            logits = logits + self.scorer.item_item.scores(sequences)[:, columns - 1]
+            logits = logits + self.scorer.item_item.scores(sequences, times)[:, columns - 1]
         drops = logits[0][None, :] - logits[1:]  # (history items, recommended items): how much each one added
         for column, item in enumerate(answer["items"]):
             order = np.argsort(-drops[:, column], kind="stable")[:top]

@@ -368,21 +368,24 @@ class Scorer:
             cell = np.where(active[:, None], new_cell, cell)
         return hidden @ w.user_kernel + w.user_bias + self._history_means(items, types) @ w.history_kernel
 
-    def logits(self, sequences: np.ndarray) -> np.ndarray:
-        """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1)."""
-        return self.logits_from_states(self.user_states(sequences), sequences)
+    def logits(self, sequences: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+        """Return (num_users, num_items) logits for items 1…N (column j is item index j + 1); `times`: the steps'
+        time stamps, aligned with `sequences` (the item-to-item term may count ages in time)."""
+        return self.logits_from_states(self.user_states(sequences), sequences, times)
 
-    def logits_from_states(self, states: np.ndarray, sequences: np.ndarray | None = None) -> np.ndarray:
+    def logits_from_states(
+        self, states: np.ndarray, sequences: np.ndarray | None = None, times: np.ndarray | None = None
+    ) -> np.ndarray:
         """Return logits for user vectors from `user_states`: one matrix product with the item matrix, plus the
-        item-to-item term of the same `sequences` when the run has one."""
+        item-to-item term of the same `sequences` (and their `times`) when the run has one."""
         logits = states @ self.output_vectors[1:].T + self.output_bias[1:]
         if self.item_item is not None and sequences is not None:
-            logits += self.item_item.scores(sequences)
+            logits += self.item_item.scores(sequences, times)
         return logits
 
-    def probabilities(self, sequences: np.ndarray) -> np.ndarray:
+    def probabilities(self, sequences: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
         """Return the sigmoid engagement probabilities, (num_users, num_items)."""
-        return self.probability(self.logits(sequences))
+        return self.probability(self.logits(sequences, times))
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """The engagement probability of logits: sigmoid(a · logit + b), a and b fitted on validation (a > 0, so
@@ -405,4 +408,14 @@ class Scorer:
             ][-max_len:]
             if tokens:
                 rows[row, max_len - len(tokens) :] = tokens
+        return rows
+
+    def encode_times(self, histories: list[list[str]], times: list[list[float]], max_len: int) -> np.ndarray:
+        """The time stamps of the steps `encode_sequences` keeps (known items, the last `max_len`), aligned with its
+        rows."""
+        rows = np.zeros((len(histories), max_len), dtype="float64")
+        for row, (history, stamps) in enumerate(zip(histories, times)):
+            kept = [stamp for item, stamp in zip(history, stamps) if item in self.index_of][-max_len:]
+            if kept:
+                rows[row, max_len - len(kept) :] = kept
         return rows

@@ -92,6 +92,7 @@ def read_training_data(
     seen: dict[str, np.ndarray] = {}
     case_users: list[str] = []
     case_histories: list[np.ndarray] = []
+    case_times: list[np.ndarray] = []
     case_targets: list[np.ndarray] = []
     train_counts = np.zeros(len(item_ids) + 1, dtype="int64")
     for frame in shard_frames(project, policy, feedback, exclude_items):
@@ -104,6 +105,7 @@ def read_training_data(
         cases = holdout_cases(events, SPLIT_VALID)
         case_users.extend(cases.user_ids)
         case_histories.extend(cases.histories)
+        case_times.extend(cases.times)
         case_targets.append(cases.targets)
         trained = events.loc[events["split"] == SPLIT_TRAIN, "index"].to_numpy()
         train_counts += np.bincount(trained.astype("int64"), minlength=len(item_ids) + 1)
@@ -114,6 +116,11 @@ def read_training_data(
         sequences=dict(sorted(sequences.items())),
         weights=dict(sorted(weights.items())),
         seen=dict(sorted(seen.items())) if with_seen else None,
-        cases=HoldoutCases([case_users[i] for i in order], [case_histories[i] for i in order], targets[order]),
+        cases=HoldoutCases(
+            [case_users[i] for i in order],
+            [case_histories[i] for i in order],
+            targets[order],
+            [case_times[i] for i in order],
+        ),
         train_counts=train_counts,
     )

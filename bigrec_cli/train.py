@@ -28,7 +28,7 @@ from bigrec_cli.itemitem import ItemItem, fit_item_item, history_matrix, refit_i
 from bigrec_cli.metrics import batch_rows
 from bigrec_cli.model import build_model, export_scorer_weights, reset_cold_items, warm_start
 from bigrec_cli.project import RUN_SCORER, ProjectDir, read_json
-from bigrec_cli.protocol import Windows, left_pad, sample_cases, scorer_report
+from bigrec_cli.protocol import Windows, sample_cases, scorer_report
 from bigrec_cli.recommend import sampled_recall
 from bigrec_cli.scoring import Scorer, ScorerWeights, fit_calibration, impute_items
 from bigrec_cli.sequences import read_training_data
@@ -291,7 +291,7 @@ def choose_item_item(
     negative_types: tuple[int, ...] = (),
 ) -> tuple[ItemItem | None, dict]:
     """Fit the item-to-item term on the training sequences; choose it and its weight on the validation cases."""
-    padded = left_pad(cases.histories, max_len)
+    padded, times = cases.padded(0, len(cases.histories), max_len)
     # The LSTM's user vectors once (cases × dim), in batches; each batch's logits are computed when scored.
     states = (
         np.concatenate([scorer.user_states(padded[start : start + 512]) for start in range(0, len(padded), 512)])
@@ -304,7 +304,9 @@ def choose_item_item(
 
     excluded = [token_items(history) - 1 for history in cases.histories] if exclude_history else None
     train_matrix = history_matrix(sequences, scorer.num_items, negative_types)
-    return fit_item_item(train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types)
+    return fit_item_item(
+        train_matrix, logits, padded, cases.targets, excluded, text_vectors, negative_types, times=times
+    )
 
 
 def users_share(sequences: dict[str, np.ndarray], share: float, seed: int) -> dict[str, np.ndarray]:
@@ -336,7 +338,7 @@ def build_index(scorer: Scorer, cases, config: TrainConfig, exclude_history: boo
     index = ItemIndex.build(scorer.output_vectors[1:], scorer.output_bias[1:], kind)
     built = time.perf_counter() - started
     recall = sampled_recall(
-        scorer, index, cases.histories, config.max_len, exclude_history, config.seed, target=INDEX_TARGET_RECALL
+        scorer, index, cases, config.max_len, exclude_history, config.seed, target=INDEX_TARGET_RECALL
     )
     info = {"num_items": scorer.num_items, **recall, "build_seconds": round(built, 3)}
     if not keeps_index(config.index, recall["recall@10"]):
@@ -359,7 +361,7 @@ def calibrate(scorer: Scorer, cases, config: TrainConfig) -> np.ndarray:
     size = batch_rows(scorer.num_items, 512)
     for start in range(0, len(cases.user_ids), size):
         histories = cases.histories[start : start + size]
-        logits = scorer.logits(left_pad(histories, config.max_len))
+        logits = scorer.logits(*cases.padded(start, start + size, config.max_len))
         for row, history in enumerate(histories):
             target = int(cases.targets[start + row]) - 1
             drawn = rng.integers(0, scorer.num_items, size=config.negatives * 2)
@@ -543,6 +545,7 @@ def train(
             config.cold_boost_cost,
             seed=config.seed,
             exclude_history=policy.exclude_history,
+            times=choosing.times,
         )
         weights = boost_cold_items(weights, cold, boost)
     phase("calibrating the probabilities")

@@ -123,6 +123,81 @@ def test_item_item_term_by_hand():
     assert recent.grow(6).decay == 0.5
 
 
+def test_item_item_ages_in_time_by_hand(tmp_path):
+    """Steps at one time stamp (a basket) share their age: with ages in time, decay^age counts distinct times."""
+    from bigrec_cli.itemitem import ItemItem, step_ages
+
+    assert step_ages((1, 6)).tolist() == [[5, 4, 3, 2, 1, 0]]
+    assert step_ages((1, 6), np.array([[0, 10, 10, 20, 20, 30.0]])).tolist() == [[3, 2, 2, 1, 1, 0]]
+    matrix = sparse.csr_matrix(np.array([[0, 0, 0, 0], [0, 0, 2, 1], [0, 1, 0, 0], [0, 0, 3, 0]], dtype="float32"))
+    term = ItemItem(matrix, alpha=1.0, method="test", decay=0.5, age_unit="time")
+    sequences, times = np.array([[0, 1, 2, 3]]), np.array([[0, 5, 7, 7.0]])
+    # items 2 and 3 share the latest time (age 0), item 1 is one time older: S[1] / 2 + S[2] + S[3]
+    np.testing.assert_allclose(term.scores(sequences, times), [[1, 4, 0.5]])
+    # in steps, items 1, 2, 3 are 2, 1 and 0 steps old: S[1] / 4 + S[2] / 2 + S[3]
+    np.testing.assert_allclose(term.with_(age_unit="step").scores(sequences, times), [[0.5, 3.5, 0.25]])
+    np.testing.assert_array_equal(term.sparse_scores(sequences, times).toarray(), term.scores(sequences, times))
+    with pytest.raises(ValueError, match="times"):
+        term.scores(sequences)
+    term.save(tmp_path / "item_item.npz")
+    loaded = ItemItem.load(tmp_path / "item_item.npz")
+    assert loaded.age_unit == "time" and loaded.decay == 0.5
+
+
+def test_ages_in_time_are_chosen_where_baskets_make_them_better():
+    """The target goes with x, the first step of the latest basket [x, p, q, r]; an older basket [o1, o2] speaks
+    for a decoy. Counted in steps, x is as old as the older basket (any decay that silences o1 and o2 silences x
+    too); counted in times, x is the latest and o1, o2 one time older: only ages in time rank the target first."""
+    from bigrec_cli.itemitem import TIME_DECAY_GRID, fit_item_item
+
+    x, target, o1, o2, decoy = 1, 2, 3, 4, 5
+    rows = [[x, target]] * 30 + [[o1, decoy]] * 30 + [[o2, decoy]] * 30 + [[6], [7], [8]] * 10
+    dense = np.zeros((len(rows), 8), dtype="float32")
+    for row, items in enumerate(rows):
+        dense[row, np.array(items) - 1] = 1
+    train = sparse.csr_matrix(dense)
+    sequences = np.tile([0, 0, o1, o2, x, 6, 7, 8], (20, 1))
+    times = np.tile([0, 0, 1, 1, 2, 2, 2, 2.0], (20, 1))
+    noise = np.random.default_rng(0).normal(scale=1e-3, size=(20, 8)).astype("float32")  # an LSTM that knows nothing
+    excluded = [row[row > 0] - 1 for row in sequences]
+    term, record = fit_item_item(train, noise, sequences, np.full(20, target), excluded, times=times)
+    assert term.age_unit == "time" and record["chosen"]["val_ndcg@10"] == pytest.approx(1.0)
+    assert max(entry["val_ndcg@10"] for entry in record["tried"] if entry.get("age_unit") == "step") < 0.9
+    assert {entry["decay"] for entry in record["tried"] if entry.get("age_unit") == "time"} == set(TIME_DECAY_GRID)
+    # every step at its own time: ages in time are ages in steps, so they are not tried at all
+    distinct = np.tile(np.arange(8.0), (20, 1))
+    _, record = fit_item_item(train, noise, sequences, np.full(20, target), excluded, times=distinct)
+    assert {entry.get("age_unit") for entry in record["tried"][1:]} == {"step"}
+
+
+def test_served_answers_count_a_basket_as_one_step(trained_copy):
+    """A term whose ages count time, served: two feedback events at one time stamp weigh alike, and the answer is
+    the exact top 10 of the LSTM logits plus that term."""
+    from bigrec_cli.itemitem import ItemItem
+    from bigrec_cli.recommend import Recommender
+
+    feedback = trained_copy / "basket.csv"
+    feedback.write_text(
+        "user_id,item_id,timestamp,event\n"
+        "u0001,i0003,2026-03-01T10:00:00Z,purchase\nu0001,i0015,2026-03-01T10:00:00Z,purchase\n"
+    )
+    assert invoke("ingest-feedback", "--project-dir", str(trained_copy), str(feedback)).exit_code == 0
+    recommender = Recommender(ProjectDir(trained_copy))
+    size = recommender.scorer.num_items + 1
+    matrix = sparse.random(size, size, density=0.05, random_state=1, format="csr", dtype="float32")
+    recommender.scorer.item_item = ItemItem(matrix, alpha=2.0, method="test", decay=0.5, age_unit="time")
+    history = recommender.sequences(["u0001"])[0]
+    sequences, times = recommender.encode([history]), recommender.encode_times([history])
+    assert times[0, -1] == times[0, -2] > times[0, -3], "the basket's two steps share the latest time"
+    weights = recommender.scorer.item_item.history(sequences, times).toarray()[0]
+    basket = [recommender.scorer.index_of[item] for item in ("i0003", "i0015")]
+    assert weights[basket].tolist() == [1.0, 1.0]
+    logits = recommender.scorer.logits(sequences, times)[0]
+    logits[[recommender.scorer.index_of[step[0]] - 1 for step in history]] = -np.inf
+    expected = [recommender.scorer.item_ids[column] for column in np.argsort(-logits, kind="stable")[:10]]
+    assert [item["item_id"] for item in recommender.recommend("u0001", k=10)["items"]] == expected
+
+
 def test_item_item_is_chosen_on_validation_and_saved(tmp_path):
     from bigrec_cli.itemitem import DECAY_GRID, ItemItem, fit_item_item
 
@@ -174,6 +249,15 @@ def test_savedmodel_export_matches_the_numpy_scorer(trained_project, tmp_path):
     scorer.item_item = ItemItem(matrix, alpha=0.7, method="test", decay=0.8, repeat_weight=0.3, negative_types=negative)
     module = ScorerModule(scorer, run.config.max_len)
     np.testing.assert_allclose(module.logits(tf.constant(sequences)).numpy(), scorer.logits(sequences), atol=1e-5)
+    # ages counted in time: the module takes the steps' times as well
+    times = np.sort(rng.integers(0, 8, size=sequences.shape), axis=1).astype("float64")
+    scorer.item_item = scorer.item_item.with_(age_unit="time")
+    timed = ScorerModule(scorer, run.config.max_len)
+    np.testing.assert_allclose(
+        timed.logits(tf.constant(sequences), tf.constant(times)).numpy(), scorer.logits(sequences, times), atol=1e-5
+    )
+    assert timed.top_k(tf.constant(sequences), tf.constant(times), tf.constant(5))["item_ids"].shape == (6, 5)
+    scorer.item_item = scorer.item_item.with_(age_unit="step")
     top = loaded.signatures["serving_default"](sequences=tf.constant(sequences), k=tf.constant(5))
     assert top["item_ids"].shape == (6, 5)
     history = set(sequences[1][sequences[1] > 0] % TYPE_STRIDE)

@@ -147,14 +147,18 @@ def test_validation_choices_read_a_seeded_sample_of_users_whatever_their_order()
     from bigrec_cli.protocol import HoldoutCases, sample_cases
 
     users = [f"u{number}" for number in range(1_000)]
-    cases = HoldoutCases(users, [np.array([number, number + 1]) for number in range(1_000)], np.arange(1_000) + 2)
+    histories = [np.array([number, number + 1]) for number in range(1_000)]
+    times = [np.array([10.0 * number, 10.0 * number + 1]) for number in range(1_000)]
+    cases = HoldoutCases(users, histories, np.arange(1_000) + 2, times)
     assert sample_cases(cases, 1_000, seed=0) is cases, "no more users than the limit: all of them, as they are"
     sample = sample_cases(cases, 100, seed=0)
     assert len(sample.user_ids) == 100 and len(set(sample.user_ids)) == 100
     assert sample.user_ids == sorted(sample.user_ids, key=users.index), "the cases keep their order"
-    for user, history, target in zip(sample.user_ids, sample.histories, sample.targets):
-        assert history.tolist() == [int(user[1:]), int(user[1:]) + 1] and target == int(user[1:]) + 2
-    reverse = HoldoutCases(users[::-1], cases.histories[::-1], cases.targets[::-1])
+    for user, history, target, stamps in zip(sample.user_ids, sample.histories, sample.targets, sample.times):
+        number = int(user[1:])
+        assert history.tolist() == [number, number + 1] and target == number + 2
+        assert stamps.tolist() == [10.0 * number, 10.0 * number + 1], "each history keeps its steps' times"
+    reverse = HoldoutCases(users[::-1], cases.histories[::-1], cases.targets[::-1], cases.times[::-1])
     assert set(sample_cases(reverse, 100, seed=0).user_ids) == set(sample.user_ids)
     assert set(sample_cases(cases, 100, seed=1).user_ids) != set(sample.user_ids), "another seed, other users"
 
@@ -165,7 +169,9 @@ def test_the_validation_sample_is_drawn_apart_from_the_share_of_users_trained_on
 
     users = [f"u{number}" for number in range(10_000)]
     trained = set(users_share({user: np.array([1]) for user in users}, 0.4, seed=0))
-    cases = HoldoutCases(users, [np.array([1])] * len(users), np.ones(len(users), dtype="int64"))
+    cases = HoldoutCases(
+        users, [np.array([1])] * len(users), np.ones(len(users), dtype="int64"), [np.zeros(1)] * 10_000
+    )
     sampled = sample_cases(cases, 2_000, seed=0).user_ids
     share = sum(user in trained for user in sampled) / len(sampled)
     assert 0.35 < share < 0.45, "as many trained users in the sample as in the data, not only those"
