@@ -95,6 +95,11 @@ bench-tune: install
 bench-coldstart: install
 	$(BIN)/python bench/coldstart.py
 
+# The item-to-item term alone on validation, its ages counted in steps or in distinct times (a few minutes).
+.PHONY: bench-term-ages
+bench-term-ages: install
+	$(BIN)/python bench/term_ages.py
+
 bench-extract: install bench-reference-env
 	$(BIN)/python bench/extract_speed.py
 
