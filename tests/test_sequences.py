@@ -65,6 +65,11 @@ def test_shards_give_what_one_table_gives(trained_copy):
     cases = holdout_cases(events, SPLIT_VALID)
     assert data.cases.user_ids == cases.user_ids and np.array_equal(data.cases.targets, cases.targets)
     assert all(np.array_equal(a, b) for a, b in zip(data.cases.histories, cases.histories))
+    assert all(np.array_equal(a, b) for a, b in zip(data.cases.times, cases.times))
+    # each history step's time is its event's: the users' training events, in order
+    stamps = user_sequences(events, (SPLIT_TRAIN,), column="timestamp")
+    assert all(np.array_equal(times, stamps[user]) for user, times in zip(cases.user_ids, cases.times))
+    assert all(len(times) == len(history) for times, history in zip(cases.times, cases.histories))
     counts = np.bincount(events.loc[events["split"] == SPLIT_TRAIN, "index"], minlength=len(item_ids) + 1)
     assert np.array_equal(data.train_counts, counts)
 
