@@ -144,10 +144,11 @@ def test_item_item_ages_in_time_by_hand(tmp_path):
     assert loaded.age_unit == "time" and loaded.decay == 0.5
 
 
-def test_ages_in_time_are_chosen_where_baskets_make_them_better():
+def test_ages_in_time_are_chosen_where_baskets_make_them_better(monkeypatch):
     """The target goes with x, the first step of the latest basket [x, p, q, r]; an older basket [o1, o2] speaks
     for a decoy. Counted in steps, x is as old as the older basket (any decay that silences o1 and o2 silences x
     too); counted in times, x is the latest and o1, o2 one time older: only ages in time rank the target first."""
+    from bigrec_cli import itemitem
     from bigrec_cli.itemitem import TIME_DECAY_GRID, fit_item_item
 
     x, target, o1, o2, decoy = 1, 2, 3, 4, 5
@@ -164,6 +165,10 @@ def test_ages_in_time_are_chosen_where_baskets_make_them_better():
     assert term.age_unit == "time" and record["chosen"]["val_ndcg@10"] == pytest.approx(1.0)
     assert max(entry["val_ndcg@10"] for entry in record["tried"] if entry.get("age_unit") == "step") < 0.9
     assert {entry["decay"] for entry in record["tried"] if entry.get("age_unit") == "time"} == set(TIME_DECAY_GRID)
+    # a lead must be clear (TIME_MIN_GAIN) for ages in time to replace ages in steps: one of 1,000% never is
+    monkeypatch.setattr(itemitem, "TIME_MIN_GAIN", 10.0)
+    term, record = fit_item_item(train, noise, sequences, np.full(20, target), excluded, times=times)
+    assert term.age_unit == "step" and record["chosen"]["val_ndcg@10"] < 0.9
     # every step at its own time: ages in time are ages in steps, so they are not tried at all
     distinct = np.tile(np.arange(8.0), (20, 1))
     _, record = fit_item_item(train, noise, sequences, np.full(20, target), excluded, times=distinct)
