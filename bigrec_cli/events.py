@@ -495,6 +495,28 @@ def frame_from_objects(objects: Iterable[dict[str, Any] | None]) -> tuple[pd.Dat
 
     JSON gives values that are not text: numbers become their text, while lists, objects and booleans are refused.
     """
+    cells, errors = cells_from_objects(objects)
+    return frame_of_cells(cells), errors
+
+
+def frame_of_cells(cells: list[dict[str, str]]) -> pd.DataFrame:
+    """The frame of `cells_from_objects`' rows: a column per name, NaN where a row has no cell."""
+    frame = pd.DataFrame.from_records(cells) if cells else pd.DataFrame()
+    return frame.reindex(range(len(cells)))
+
+
+def validate_cells(cells: list[dict[str, str]], *, default_timestamp: float | None = None) -> EventCheck:
+    """`validate_events` of `frame_of_cells(cells)`: a small batch (a `POST /feedback`) is checked from the cells
+    themselves, without building the frame."""
+    if len(cells) >= FAST_PATH_MAX_ROWS:
+        return validate_events(frame_of_cells(cells), default_timestamp=default_timestamp)
+    present = {name for row in cells for name in row}
+    texts = {name: [row.get(name, "").strip() for row in cells] for name in _READ_COLUMNS if name in present}
+    return _validate_values(texts, len(cells), default_timestamp)
+
+
+def cells_from_objects(objects: Iterable[dict[str, Any] | None]) -> tuple[list[dict[str, str]], list[str]]:
+    """`frame_from_objects`' rows as plain dicts of text cells (valid Unicode, no NUL), and a type error per row."""
     cells: list[dict[str, str]] = []
     errors: list[str] = []
     for values in objects:
@@ -525,5 +547,4 @@ def frame_from_objects(objects: Iterable[dict[str, Any] | None]) -> tuple[pd.Dat
             row[str(name)] = text
         cells.append(row)
         errors.append(error)
-    frame = pd.DataFrame.from_records(cells) if cells else pd.DataFrame()
-    return frame.reindex(range(len(cells))), errors
+    return cells, errors

@@ -24,7 +24,7 @@ import pandas as pd
 
 from bigrec_cli.data import EventPolicy, catalog_item_ids, event_policy
 from bigrec_cli.errors import ArtifactError, ConfigError, DataError, StoreBusyError
-from bigrec_cli.events import frame_from_objects, validate_events
+from bigrec_cli.events import cells_from_objects, validate_cells
 from bigrec_cli.project import ProjectDir
 
 STORE_ENV = "BIGREC_STORE"  # the store's URL when `--store` is not given: every command and server worker reads it
@@ -131,12 +131,19 @@ def parse_rows(
         policy: The project's event policy: its event map and rating threshold turn raw values into types, as
             `preprocess` did.
     """
-    frame, type_errors = frame_from_objects(row.values for row in rows)
-    check = validate_events(frame, default_timestamp=now)
+    cells, type_errors = cells_from_objects(row.values for row in rows)
+    check = validate_cells(cells, default_timestamp=now)
     reasons = check.row_reasons()
-    events = check.events if policy is None else policy.map_events(check.events)
-    texts = {name: _cells(frame, name) for name in ("event_id", "timestamp", "weight", "title", "text", "description")}
-    columns = {name: events[name].tolist() for name in ("user_id", "item_id", "event", "timestamp", "weight")}
+    typed = ("user_id", "item_id", "event", "timestamp", "weight")
+    if policy is not None and (policy.event_map or policy.min_rating is not None):
+        events = policy.map_events(check.events)
+        columns = {name: events[name].tolist() for name in typed}
+    else:  # nothing to map: the plain values, without a frame (a POST of one event pays no pandas)
+        columns = {name: check.values(name) for name in typed}
+    texts = {
+        name: [row.get(name, "").strip() for row in cells]
+        for name in ("event_id", "timestamp", "weight", "title", "text", "description")
+    }
     accepted, rejections = [], []
     for position, row in enumerate(rows):
         reason = type_errors[position] or reasons[position]
@@ -167,12 +174,6 @@ def parse_rows(
         )
         accepted.append((row, parsed))
     return accepted, rejections
-
-
-def _cells(frame: pd.DataFrame, name: str) -> list[str]:
-    if name not in frame.columns:
-        return [""] * len(frame)
-    return [value.strip() if isinstance(value, str) else "" for value in frame[name]]
 
 
 def parse_event(values: dict[str, Any], now: float) -> ParsedEvent:

@@ -156,12 +156,13 @@ def test_file_batches_check_alike_both_ways(cells):
 def test_feedback_rows_are_accepted_and_rejected_alike_both_ways(objects):
     """Through `parse_rows` (the door of `POST /feedback`), with an event map and a rating threshold."""
     batch = [Row(line, values, repr(values)) for line, values in enumerate(objects, start=1)]
-    policy = EventPolicy(event_map={"view": "click"}, min_rating=3.0)
-    fast = parse_rows(batch, NOW, policy)
-    with mock.patch.object(events, "FAST_PATH_MAX_ROWS", 0):
-        reference = parse_rows(batch, NOW, policy)
-    assert fast[1] == reference[1]
-    assert [parsed for _, parsed in fast[0]] == [parsed for _, parsed in reference[0]]
+    # with an event map and a rating threshold (typed through a frame), and with nothing to map (plain values)
+    for policy in (EventPolicy(event_map={"view": "click"}, min_rating=3.0), EventPolicy(), None):
+        fast = parse_rows(batch, NOW, policy)
+        with mock.patch.object(events, "FAST_PATH_MAX_ROWS", 0):
+            reference = parse_rows(batch, NOW, policy)
+        assert fast[1] == reference[1]
+        assert [parsed for _, parsed in fast[0]] == [parsed for _, parsed in reference[0]]
 
 
 @given(st.lists(timestamps, min_size=1, max_size=4))
@@ -235,6 +236,13 @@ def test_small_batches_are_checked_without_pandas_operations():
         assert check.values("weight") == [2.0, 1.0]
         assert check.row_reasons() == ["", ""]
         assert parse_event({"user_id": "u1", "item_id": "i1", "weight": "2"}, now=NOW).weight == 2.0
+    # a POST of one event builds no frame at all when the project maps no event types
+    with (
+        mock.patch.object(events, "frame_of_cells", side_effect=AssertionError("a frame of the cells was built")),
+        mock.patch.object(events.TypedValues, "frame", side_effect=AssertionError("a frame of the values was built")),
+    ):
+        accepted, rejected = parse_rows([Row(1, one_event[0], "")], NOW, EventPolicy())
+        assert rejected == [] and accepted[0][1].timestamp == 1714564800.0
 
 
 def test_large_batches_and_typed_columns_keep_the_pandas_path():
