@@ -634,6 +634,17 @@ class FeedbackStore:
             "SELECT item_id, timestamp, event FROM events WHERE user_id = ? ORDER BY timestamp, rowid", (user_id,)
         )
 
+    def user_version(self, user_id: str) -> tuple[int, int, float]:
+        """What identifies one user's feedback events as stored now: (how many, the highest rowid, the sum of their
+        times), read from the user's index entries alone. Any event added or deleted changes it (a rowid reused
+        after a deletion would need the same count and the same times too)."""
+        rows = self._read(
+            "SELECT COUNT(*), COALESCE(MAX(rowid), 0), COALESCE(SUM(timestamp), 0) FROM events WHERE user_id = ?",
+            (user_id,),
+        )
+        count, last, times = rows[0] if rows else (0, 0, 0.0)
+        return int(count), int(last), float(times)
+
     def events_frame(self, up_to_rowid: int | None = None) -> pd.DataFrame:
         """Return feedback events (all, or up to a rowid) with user_id, item_id, timestamp, event, weight, event_id."""
         limit = up_to_rowid if up_to_rowid is not None else 2**62

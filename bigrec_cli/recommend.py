@@ -7,6 +7,7 @@ import hashlib
 import io
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ from bigrec_cli.scoring import Scorer
 
 MAX_K = 1000
 STATE_CACHE_SIZE = 100_000
+# users whose live history (steps, history items, rejected items) is kept between requests, checked against the
+# store's version of their feedback at each request
+LIVE_CACHE_SIZE = 20_000
 WARM_USERS = 20_000
 
 
@@ -273,6 +277,25 @@ def widen(index: ItemIndex, recall_of: Callable[[], float], target: float | None
     return tried
 
 
+@dataclass(frozen=True, eq=False)
+class LiveHistory:
+    """What a request needs of a user's behaviour (preprocessed events, then feedback).
+
+    Attributes:
+        steps: (item, event type, time) of each step the LSTM reads, oldest first (`Recommender._sequence`).
+        positives: The items of positive events, each once (left out with `--repeats exclude`).
+        rejected: Items whose latest event is negative (never recommended right back).
+        positive_columns: The scorer's columns (index − 1) of `positives` it knows.
+        rejected_columns: The same of `rejected`.
+    """
+
+    steps: tuple[tuple[str, str, float], ...]
+    positives: tuple[str, ...]
+    rejected: tuple[str, ...]
+    positive_columns: np.ndarray
+    rejected_columns: np.ndarray
+
+
 class Recommender:
     """Serves top-K lists from the promoted run and the live behaviour of each user.
 
@@ -292,6 +315,7 @@ class Recommender:
         self.max_len = self.run.config.max_len
         self.store = open_store(project)
         self._state_cache: dict[bytes, np.ndarray] = {}
+        self._live_cache: dict[str, tuple[tuple, LiveHistory]] = {}
         items = pd.read_parquet(project.items_path)
         self.catalog_items = set(items["item_id"])
         attribute_columns = [column for column in items.columns if column not in RESERVED_ITEM_COLUMNS]
@@ -387,6 +411,32 @@ class Recommender:
             result.append(sorted([*base, *extra], key=lambda row: row[1]))
         return result
 
+    def live(self, user_ids: list[str]) -> list["LiveHistory"]:
+        """Each user's live history. A small batch (a served request) reads the store's version of each user's
+        feedback, one indexed count, and reuses what an earlier request derived while it has not changed: a
+        request of a user with thousands of events costs what one of a new user costs, and only a request after
+        new feedback reads and orders the whole history again. A large batch derives everything afresh."""
+        if len(user_ids) > 32:
+            return [self._derive(rows) for rows in self.behaviour(user_ids)]
+        lives = []
+        for user_id in user_ids:
+            version = self.store.user_version(user_id)
+            cached = self._live_cache.get(user_id)
+            if cached is not None and cached[0] == version:
+                lives.append(cached[1])
+                continue
+            live = self._derive(self.behaviour([user_id])[0])
+            if len(self._live_cache) >= LIVE_CACHE_SIZE:
+                self._live_cache.clear()
+            self._live_cache[user_id] = (version, live)
+            lives.append(live)
+        return lives
+
+    def _derive(self, rows: list[tuple[str, float, str]]) -> "LiveHistory":
+        positives, rejected = self._positives(rows), self._rejected(rows)
+        steps = tuple(self._sequence(rows))
+        return LiveHistory(steps, tuple(positives), tuple(rejected), self._columns(positives), self._columns(rejected))
+
     def sequences(self, user_ids: list[str]) -> list[list[tuple[str, str, float]]]:
         """The (item, event type, time) steps the LSTM reads, in time order (see `_sequence`)."""
         return [self._sequence(rows) for rows in self.behaviour(user_ids)]
@@ -473,9 +523,13 @@ class Recommender:
         if exclude_seen is None:
             exclude_seen = self.policy.exclude_history
         allowed = self.candidates(tuple(where), tuple(exclude))
-        behaviour = self.behaviour(user_ids)
-        histories = [self._sequence(rows) for rows in behaviour]
-        blocked = [(self._positives(rows) if exclude_seen else []) + self._rejected(rows) for rows in behaviour]
+        lives = self.live(user_ids)
+        histories = [list(live.steps) for live in lives]
+        blocked = [(list(live.positives) if exclude_seen else []) + list(live.rejected) for live in lives]
+        blocked_columns = [
+            np.concatenate([live.positive_columns, live.rejected_columns]) if exclude_seen else live.rejected_columns
+            for live in lives
+        ]
         warm = [
             row for row, history in enumerate(histories) if any(step[0] in self.scorer.index_of for step in history)
         ]
@@ -498,7 +552,7 @@ class Recommender:
                         self.index,
                         block_states,
                         block_sequences,
-                        self._columns(blocked, rows),
+                        [blocked_columns[row] for row in rows],
                         k,
                         allowed,
                         always=self.added_columns,
@@ -517,7 +571,7 @@ class Recommender:
                 logits = self.scorer.logits_from_states(block_states, block_sequences, block_times)
                 if allowed is not None:
                     logits[:, ~allowed] = -np.inf
-                for row, items in zip(exact, self._top_k(logits, [blocked[row] for row in exact], k)):
+                for row, items in zip(exact, self._top_k(logits, [blocked_columns[row] for row in exact], k)):
                     answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
@@ -585,17 +639,14 @@ class Recommender:
                 self._state_cache[keys[position]] = state
         return np.stack(cached)
 
-    def _columns(self, blocked: list[list[str]], rows: list[int]) -> list[np.ndarray]:
-        """The item columns (index − 1) of each row's blocked items."""
+    def _columns(self, items: list[str]) -> np.ndarray:
+        """The scorer's columns (index − 1) of the items it knows."""
         index_of = self.scorer.index_of
-        return [
-            np.array([index_of[item] - 1 for item in blocked[row] if item in index_of], dtype="int64") for row in rows
-        ]
+        return np.array([index_of[item] - 1 for item in items if item in index_of], dtype="int64")
 
-    def _top_k(self, logits: np.ndarray, blocked: list[list[str]], k: int) -> list[list[dict]]:
+    def _top_k(self, logits: np.ndarray, seen: list[np.ndarray], k: int) -> list[list[dict]]:
         """Return the answer items of each row of (users, items) logits, for all rows at once, without the
-        row's `blocked` items."""
-        seen = self._columns(blocked, list(range(len(blocked))))
+        row's `seen` columns."""
         rows = np.repeat(np.arange(len(seen)), [len(columns) for columns in seen])
         if len(rows):
             logits[rows, np.concatenate(seen)] = -np.inf

@@ -341,3 +341,27 @@ def test_warmed_states_and_batch_answers_match_one_user_at_a_time(trained_projec
         Recommender(project).recommend_many(sample, k=7), [plain.recommend(u, k=7) for u in sample]
     ):
         assert_same_answer(served, expected)
+
+
+def test_a_users_history_is_read_again_only_when_their_feedback_changes(trained_copy):
+    """Served requests keep what they derived from a user's history while the store's version of that user's
+    feedback stays the same: the history is read once, then again after each new event or a deletion, and the
+    answers are those of a recommender reading everything afresh."""
+    from bigrec_cli.feedback import ingest, rows_from_objects
+    from bigrec_cli.recommend import Recommender
+
+    project = ProjectDir(trained_copy)
+    served = Recommender(project)
+    reads = []
+    real = served.store.user_events
+    served.store.user_events = lambda user_id: reads.append(user_id) or real(user_id)
+    first = served.recommend("u0001")
+    assert served.recommend("u0001") == first and reads == ["u0001"], "an unchanged user is not read again"
+    top = first["items"][0]["item_id"]
+    ingest(project, rows_from_objects([{"user_id": "u0001", "item_id": top}]), source="test", all_or_nothing=True)
+    after = served.recommend("u0001")
+    assert reads == ["u0001", "u0001"] and top not in {item["item_id"] for item in after["items"]}
+    assert_same_answer(after, Recommender(project).recommend("u0001"))
+    served.store.delete_user("u0001")  # what forget-user does to the store
+    assert_same_answer(served.recommend("u0001"), first)
+    assert len(reads) == 3
