@@ -59,13 +59,20 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
-def prepare(name: str, project: Path) -> tuple[dict, dict, list[str]]:
-    """Convert the dataset (once), then `preprocess` and `extract` it into the project: (preprocess report, meta,
-    preprocess options)."""
+def converted(name: str) -> tuple[Path, list[str]]:
+    """The dataset's generic events/items CSV files (converted by bench/datasets.py once) and the options a user of
+    it passes to `bigrec preprocess`."""
     source, options = PREPROCESS.get(name, (name, []))
     folder = WORK / "datasets" / source
     if not (folder / "events.csv").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "datasets.py"), source], cwd=ROOT, check=True)
+    return folder, options
+
+
+def prepare(name: str, project: Path) -> tuple[dict, dict, list[str]]:
+    """Convert the dataset (once), then `preprocess` and `extract` it into the project: (preprocess report, meta,
+    preprocess options)."""
+    folder, options = converted(name)
     meta = json.loads((folder / "meta.json").read_text())
     events, items = str(folder / "events.csv"), str(folder / "items.csv")
     data = json.loads(bigrec(project, "preprocess", "--events", events, "--items", items, "--json", *options))

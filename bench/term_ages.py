@@ -19,7 +19,7 @@ import sys
 import time
 
 import numpy as np
-from quality import DATA, RESULTS, WORK, bigrec
+from quality import DATA, RESULTS, WORK, bigrec, converted
 from results_io import protocol, write_result
 
 DATASETS = ("ml-100k", "online-retail", "online-retail-25")
@@ -43,14 +43,11 @@ def run_dataset(name: str) -> dict:
     from bigrec_cli.project import ProjectDir
     from bigrec_cli.protocol import holdout_cases, indexed_events, user_sequences
 
-    folder = WORK / "datasets" / name
-    if not (folder / "events.csv").exists():
-        import subprocess
-
-        subprocess.run([sys.executable, str(WORK.parent / "datasets.py"), name], check=True)
+    folder, options = converted(name)
     project = WORK / "term-ages" / name
     if not (project / "data").exists():
-        bigrec(project, "preprocess", "--events", str(folder / "events.csv"), "--items", str(folder / "items.csv"))
+        events, items = str(folder / "events.csv"), str(folder / "items.csv")
+        bigrec(project, "preprocess", "--events", events, "--items", items, *options)
     started = time.perf_counter()
     item_ids = load_items(ProjectDir(project))["item_id"].tolist()
     events = indexed_events(load_events(ProjectDir(project)), item_ids)

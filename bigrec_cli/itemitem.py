@@ -470,9 +470,10 @@ def fit_item_item(
     # the best of each unit of age, each starting from no term; the two are weighed against each other at the end
     bests = {unit: (alone, ItemItem(none, 0.0, "none", negative_types=negative_types)) for unit in AGE_UNITS}
     spread = cases.std(cases.logits_of) or 1.0
+    ages = [(unit, decay) for unit, grid in cases.age_grids() for decay in grid]
     for method, fitted in candidates(train):
         matrix = impute_empty(ItemItem(fitted, 1.0, method, negative_types=negative_types), train, text_vectors).matrix
-        for unit, decay in [(unit, decay) for unit, grid in cases.age_grids() for decay in grid]:
+        for unit, decay in ages:
             term = ItemItem(matrix, 1.0, method, decay, negative_types=negative_types, age_unit=unit)
             scale = spread / (cases.std(lambda start, stop, term=term: cases.term(term, start, stop)) or 1.0)
             alphas = [alpha * scale for alpha in ALPHA_GRID[1:]]

@@ -287,6 +287,8 @@ class LiveHistory:
         rejected: Items whose latest event is negative (never recommended right back).
         positive_columns: The scorer's columns (index − 1) of `positives` it knows.
         rejected_columns: The same of `rejected`.
+        tokens: (max_len,) the left-padded token row of `steps` (`Recommender.encode`).
+        times: (max_len,) the time stamps aligned with `tokens`, when the run's term counts ages in time; else None.
     """
 
     steps: tuple[tuple[str, str, float], ...]
@@ -294,6 +296,8 @@ class LiveHistory:
     rejected: tuple[str, ...]
     positive_columns: np.ndarray
     rejected_columns: np.ndarray
+    tokens: np.ndarray
+    times: np.ndarray | None
 
 
 class Recommender:
@@ -433,9 +437,23 @@ class Recommender:
         return lives
 
     def _derive(self, rows: list[tuple[str, float, str]]) -> "LiveHistory":
+        """Everything a request needs of these events, derived once (a request only reads it)."""
         positives, rejected = self._positives(rows), self._rejected(rows)
         steps = tuple(self._sequence(rows))
-        return LiveHistory(steps, tuple(positives), tuple(rejected), self._columns(positives), self._columns(rejected))
+        times = self.encode_times([steps])
+        live = LiveHistory(
+            steps,
+            tuple(positives),
+            tuple(rejected),
+            self._columns(positives),
+            self._columns(rejected),
+            self.encode([steps])[0],
+            None if times is None else times[0],
+        )
+        for array in (live.positive_columns, live.rejected_columns, live.tokens, live.times):
+            if array is not None:
+                array.setflags(write=False)  # shared by every request until the user's feedback changes
+        return live
 
     def sequences(self, user_ids: list[str]) -> list[list[tuple[str, str, float]]]:
         """The (item, event type, time) steps the LSTM reads, in time order (see `_sequence`)."""
@@ -463,16 +481,17 @@ class Recommender:
         )
 
     def encode_times(self, sequences: list[list[tuple[str, str, float]]]) -> np.ndarray | None:
-        """The steps' times aligned with `encode`'s rows, when the run's item-to-item term counts ages in time
-        (None otherwise: nothing reads them)."""
+        """The steps' times aligned with `encode`'s rows (the last `max_len` steps whose item the scorer knows),
+        when the run's item-to-item term counts ages in time (None otherwise: nothing reads them)."""
         term = self.scorer.item_item
         if term is None or term.age_unit != "time":
             return None
-        return self.scorer.encode_times(
-            [[step[0] for step in steps] for steps in sequences],
-            [[step[2] for step in steps] for steps in sequences],
-            self.max_len,
-        )
+        rows = np.zeros((len(sequences), self.max_len), dtype="float64")
+        for row, steps in enumerate(sequences):
+            kept = [step[2] for step in steps if step[0] in self.scorer.index_of][-self.max_len :]
+            if kept:
+                rows[row, self.max_len - len(kept) :] = kept
+        return rows
 
     def _rejected(self, rows: list[tuple[str, float, str]]) -> list[str]:
         """Items whose latest event is negative (cancelled, returned, disliked): never recommended right back."""
@@ -524,21 +543,17 @@ class Recommender:
             exclude_seen = self.policy.exclude_history
         allowed = self.candidates(tuple(where), tuple(exclude))
         lives = self.live(user_ids)
-        histories = [list(live.steps) for live in lives]
-        blocked = [(list(live.positives) if exclude_seen else []) + list(live.rejected) for live in lives]
         blocked_columns = [
             np.concatenate([live.positive_columns, live.rejected_columns]) if exclude_seen else live.rejected_columns
             for live in lives
         ]
-        warm = [
-            row for row, history in enumerate(histories) if any(step[0] in self.scorer.index_of for step in history)
-        ]
+        warm = [row for row, live in enumerate(lives) if live.tokens.any()]  # some step the scorer knows
         answers: list[dict] = [{"user_id": user_id, "cold_start": True, "items": []} for user_id in user_ids]
         if warm:
             # Batch users of similar history length together: fewer padded LSTM steps.
-            warm.sort(key=lambda row: len(histories[row]))
-            sequences = self.encode([histories[row] for row in warm])
-            times = self.encode_times([histories[row] for row in warm])
+            warm.sort(key=lambda row: len(lives[row].steps))
+            sequences = np.stack([lives[row].tokens for row in warm])
+            times = None if lives[warm[0]].times is None else np.stack([lives[row].times for row in warm])
             states = self._user_states(sequences)
             size = batch_rows(self.scorer.num_items, 512)  # users whose logits over the catalog are held at once
             for start in range(0, len(warm), size):
@@ -575,7 +590,7 @@ class Recommender:
                     answers[row] = {"user_id": user_ids[row], "cold_start": False, "items": items}
         for row, answer in enumerate(answers):
             if answer["cold_start"]:
-                seen = set(blocked[row])
+                seen = {*lives[row].rejected, *(lives[row].positives if exclude_seen else ())}
                 popular = [
                     item
                     for item in self.popular
@@ -583,7 +598,7 @@ class Recommender:
                 ][:k]
                 answer["items"] = [self._item(rank, item, None) for rank, item in enumerate(popular, start=1)]
             elif explain:
-                self._explain(answer, histories[row])
+                self._explain(answer, list(lives[row].steps))
         return answers
 
     def _explain(self, answer: dict, history: list[tuple[str, str, float]], top: int = 3) -> None:

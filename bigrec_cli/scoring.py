@@ -401,27 +401,11 @@ class Scorer:
         rows = np.zeros((len(histories), max_len), dtype="int64")
         for row, history in enumerate(histories):
             kinds = types[row] if types is not None else [""] * len(history)
-            tokens = []  # from the latest step back, so a long history costs max_len steps, not its length
-            for item, kind in zip(reversed(history), reversed(kinds)):
-                if item in self.index_of:
-                    tokens.append(self.index_of[item] + self.type_of.get(kind, 0) * TYPE_STRIDE)
-                    if len(tokens) == max_len:
-                        break
+            tokens = [
+                self.index_of[item] + self.type_of.get(kind, 0) * TYPE_STRIDE
+                for item, kind in zip(history, kinds)
+                if item in self.index_of
+            ][-max_len:]
             if tokens:
-                rows[row, max_len - len(tokens) :] = tokens[::-1]
-        return rows
-
-    def encode_times(self, histories: list[list[str]], times: list[list[float]], max_len: int) -> np.ndarray:
-        """The time stamps of the steps `encode_sequences` keeps (known items, the last `max_len`), aligned with its
-        rows."""
-        rows = np.zeros((len(histories), max_len), dtype="float64")
-        for row, (history, stamps) in enumerate(zip(histories, times)):
-            kept = []
-            for item, stamp in zip(reversed(history), reversed(stamps)):
-                if item in self.index_of:
-                    kept.append(stamp)
-                    if len(kept) == max_len:
-                        break
-            if kept:
-                rows[row, max_len - len(kept) :] = kept[::-1]
+                rows[row, max_len - len(tokens) :] = tokens
         return rows
